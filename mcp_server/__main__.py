@@ -1,0 +1,18 @@
+"""``python -m mcp_server`` serves MCP over stdio; ``python -m mcp_server cli ...`` is the CLI."""
+
+import sys
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "cli":
+        from .cli import main as cli_main
+
+        cli_main(sys.argv[2:])
+        return
+    from .server import main as server_main
+
+    server_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Every error llama-pilot raises on purpose.
+
+    LlamaPilotError                 base: its message is written for the person or agent reading it
+    ├── ConfigError                 models.conf cannot be read or used
+    │   ├── ConfParseError          a line breaks the format (file, line, reason)
+    │   ├── ConfConflictError       the file changed on disk since it was read; nothing written
+    │   └── ProfileNotFound         no active profile with that id
+    ├── ValidationError             a value is of the wrong kind (key, value, reason)
+    ├── EngineError                 llama-server is missing, too old, or will not build
+    │   ├── EngineNotFound          no binary anywhere we look (says how to build one)
+    │   └── EngineBuildError        a build step failed (step name, log path)
+    └── DemoModelError              the demo GGUF cannot be installed or verified
+
+The front doors (CLI, MCP) translate this tree once each; nothing else is shown to users
+as-is, so an unexpected exception is a bug, not a message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LlamaPilotError(Exception):
+    """Base class: the message is complete and says what to do next."""
+
+
+class ConfigError(LlamaPilotError):
+    """models.conf cannot be read or used."""
+
+
+class ConfParseError(ConfigError):
+    """A line of models.conf breaks the format."""
+
+    def __init__(self, path: Path | str | None, line: int, reason: str) -> None:
+        self.path = str(path) if path is not None else "<text>"
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{self.path}:{line}: {reason}")
+
+
+class ConfConflictError(ConfigError):
+    """The file changed on disk after it was read; saving would lose someone's edit."""
+
+
+class ProfileNotFound(ConfigError):
+    """No active profile has this id."""
+
+    def __init__(self, profile: str, known: list[str]) -> None:
+        self.profile = profile
+        self.known = known
+        hint = f" Known profiles: {', '.join(known)}." if known else " The file defines no profiles."
+        super().__init__(f"No profile named {profile!r}.{hint}")
+
+
+class ValidationError(LlamaPilotError):
+    """A value given for a key is not acceptable."""
+
+    def __init__(self, key: str, value: object, reason: str, where: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        prefix = f"{where}: " if where else ""
+        super().__init__(f"{prefix}{key}={value!s}: {reason}")
+
+
+class EngineError(LlamaPilotError):
+    """llama-server cannot be found, run or built."""
+
+
+class EngineNotFound(EngineError):
+    """No llama-server binary in any place we look."""
+
+
+class EngineBuildError(EngineError):
+    """A step of the engine build failed; the log is kept."""
+
+    def __init__(self, step: str, log_path: Path, detail: str = "") -> None:
+        self.step = step
+        self.log_path = log_path
+        tail = f"\n{detail}" if detail else ""
+        super().__init__(f"engine build failed during {step!r}; full log: {log_path}{tail}")
+
+
+class DemoModelError(LlamaPilotError):
+    """The demo model cannot be installed or does not verify."""
