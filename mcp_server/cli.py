@@ -250,6 +250,200 @@ def retire(ctx: click.Context, profile: str, note: str | None, dry_run: bool, as
     _render_edit(result, as_json)
 
 
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def _runtime(ctx: click.Context):  # type: ignore[no-untyped-def]
+    from .runtime import Runtime
+
+    return Runtime(_config(ctx))
+
+
+def _print_progress(progress: Any) -> None:
+    click.echo(f"  {progress.stage} {progress.fraction:.0%}", err=True)
+
+
+def _instance_rows(views: list[Any]) -> str:
+    rows = []
+    for v in views:
+        detail = ""
+        if v.status == "loading" and v.progress:
+            detail = f"{v.progress.stage} {v.progress.fraction:.0%}"
+        elif v.status == "ready":
+            detail = f"up {_duration(v.uptime_s)}"
+        elif v.diagnosis:
+            detail = f"{v.diagnosis.cause}: {v.diagnosis.summary}"
+        elif v.exit_code is not None:
+            detail = f"exit {v.exit_code}"
+        rows.append([v.profile, v.status, v.backend, str(v.port), str(v.pid or (v.container_id or "")[:12]), detail])
+    return _table(rows, ["PROFILE", "STATUS", "BACKEND", "PORT", "PID", ""])
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+backend_option = click.option("--backend", type=click.Choice(["native", "docker"]),
+                              help="Override the profile's BACKEND.")
+timeout_option = click.option("--timeout", "timeout_s", type=float,
+                              help="Seconds to wait for the model to load (default grows with model size).")
+
+
+@cli.command()
+@click.argument("profile")
+@backend_option
+@click.option("--port", type=int, help="Port to use (default: the profile's, else the first free from [global]).")
+@timeout_option
+@click.option("--no-wait", is_flag=True, help="Return as soon as the process is started.")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, profile: str, backend: str | None, port: int | None, timeout_s: float | None,
+          no_wait: bool, as_json: bool) -> None:
+    """Start PROFILE and wait until it is ready (progress on stderr)."""
+    with cli_errors():
+        view = _runtime(ctx).start(profile, backend=backend, port=port, timeout_s=timeout_s,
+                                   progress=None if as_json else _print_progress, wait=not no_wait)
+    if as_json:
+        return emit_json(view)
+    click.echo(f"{view.profile} {view.status} at {view.url} (pid {view.pid or view.container_id}"
+               + (f", loaded in {view.load_seconds:.1f} s)" if view.load_seconds else ")"))
+
+
+@cli.command()
+@click.argument("target", default="all")
+@click.option("--grace", "grace_s", type=float, default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL.")
+@json_option
+@click.pass_context
+def stop(ctx: click.Context, target: str, grace_s: float, as_json: bool) -> None:
+    """Stop a profile (or instance id), or 'all' (the default)."""
+    with cli_errors():
+        views = _runtime(ctx).stop(target, grace_s=grace_s)
+    if as_json:
+        return emit_json(views)
+    for v in views:
+        click.echo(f"stopped {v.profile} (port {v.port} free)")
+    if not views:
+        click.echo("nothing was running")
+
+
+@cli.command()
+@click.argument("profile")
+@backend_option
+@timeout_option
+@json_option
+@click.pass_context
+def switch(ctx: click.Context, profile: str, backend: str | None, timeout_s: float | None, as_json: bool) -> None:
+    """Stop what occupies the GPUs and start PROFILE; restores the previous model if it fails."""
+    from .runtime import SwitchFailed
+
+    try:
+        result = _runtime(ctx).switch(profile, backend=backend, timeout_s=timeout_s,
+                                      progress=None if as_json else _print_progress)
+    except SwitchFailed as exc:
+        if as_json:
+            emit_json(exc.result)
+            sys.exit(1)
+        raise click.ClickException(str(exc)) from exc
+    except LlamaPilotError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        return emit_json(result)
+    for v in result.stopped:
+        click.echo(f"stopped {v.profile}")
+    if result.started:
+        click.echo(f"{result.started.profile} ready at {result.started.url}")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Every instance: loading / ready / failed / stopped, port, pid, uptime, and the cause of a failure."""
+    with cli_errors():
+        views = _runtime(ctx).status()
+    if as_json:
+        return emit_json(views)
+    click.echo(_instance_rows(views) if views else "nothing running")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-n", "--lines", type=int, default=50, show_default=True, help="How many of the last lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to end).")
+@json_option
+@click.pass_context
+def logs(ctx: click.Context, target: str, lines: int, follow: bool, as_json: bool) -> None:
+    """Show a profile's llama-server log (ANSI stripped; kept across restarts)."""
+    import time
+
+    with cli_errors():
+        runtime = _runtime(ctx)
+        tail = runtime.logs(target, lines=lines)
+    if as_json:
+        return emit_json(tail)
+    for line in tail.lines:
+        click.echo(line)
+    seen = tail.total_lines
+    try:
+        while follow:
+            time.sleep(0.5)
+            tail = runtime.logs(target, lines=0)
+            for line in tail.lines[seen:]:
+                click.echo(line)
+            seen = tail.total_lines
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command("load-report")
+@click.argument("target")
+@json_option
+@click.pass_context
+def load_report_cmd(ctx: click.Context, target: str, as_json: bool) -> None:
+    """What llama.cpp logged about the last load: buffers per device, layers, splits, context, slots."""
+    with cli_errors():
+        report = _runtime(ctx).load_report(target)
+    if as_json:
+        return emit_json(report)
+    click.echo(f"build {report.build_number} ({report.build_commit}), {report.architecture}, "
+               f"layers on GPU {report.layers_offloaded}/{report.layers_total}, graph splits {report.graph_splits}")
+    click.echo(f"context {report.n_ctx} ({report.n_ctx_seq} per slot, {report.slots} slots), "
+               f"batch {report.n_batch}/{report.n_ubatch}, flash attention {report.flash_attn}, "
+               f"loaded in {report.load_seconds} s")
+    rows = [[d.device, f"{d.weights_mib:.1f}", f"{d.kv_cache_mib:.1f}", f"{d.recurrent_state_mib:.1f}",
+             f"{d.compute_mib:.1f}", f"{d.output_mib:.1f}", f"{d.total_mib:.1f}"] for d in report.devices]
+    click.echo(_table(rows, ["DEVICE", "WEIGHTS", "KV", "RECURRENT", "COMPUTE", "OUTPUT", "TOTAL MiB"]))
+
+
+@cli.command()
+@click.option("--adopt", "adopt_all", is_flag=True, help="Take every orphan under management.")
+@click.option("--stop", "stop_all", is_flag=True, help="Stop every orphan.")
+@json_option
+@click.pass_context
+def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, as_json: bool) -> None:
+    """llama-server processes or llama-pilot containers that no record owns (left by a killed manager)."""
+    with cli_errors():
+        runtime = _runtime(ctx)
+        found = runtime.orphans()
+        adopted = [runtime.adopt(o) for o in found] if adopt_all or stop_all else []
+        if stop_all:
+            adopted = [v for a in adopted for v in runtime.stop(a.id)]
+    if as_json:
+        return emit_json({"orphans": found, "handled": adopted})
+    for o in found:
+        click.echo(f"{o.backend} pid {o.pid or ''} {o.container_id or ''} port {o.port} model {o.model_path}")
+    if not found:
+        click.echo("no orphans")
+    for v in adopted:
+        click.echo(f"{'stopped' if stop_all else 'adopted'} {v.profile} ({v.id})")
+
+
 # --- engine, setup, demo ---------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ def test_args_prints_one_argument_per_line(write_conf):
     result = run("--config", str(conf), "args", "alpha", "--port", "9123")
     lines = result.output.splitlines()
     assert lines[1:] == ["--model", str((conf.parent / "models" / "a.gguf").resolve()), "--ctx-size", "131072",
-                         "--host", "127.0.0.1", "--port", "9123"]
+                         "--host", "127.0.0.1", "--port", "9123", "--log-verbosity", "4"]
     spec = json.loads(run("--config", str(conf), "args", "alpha", "--json").output)
     assert spec["argv"][1:3] == lines[1:3] and spec["port"] == 8080
 

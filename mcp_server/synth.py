@@ -1,0 +1,99 @@
+"""Synthetic GGUF models with random weights: real files llama-server loads and runs.
+
+No model can be downloaded on a machine without internet, yet tests and measurements need real
+loads, real memory and real speed. A model with random weights of the right shapes gives all
+three; only its answers are nonsense.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+# A byte-level SentencePiece vocabulary: three specials, 256 byte tokens, a few plain pieces.
+_SPECIALS = ["<unk>", "<s>", "</s>"]
+_PIECES = ["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["\u2581" + w for w in (
+    "the", "a", "is", "of", "and", "to", "in", "it", "hello", "world")]
+
+
+class DenseShape(BaseModel):
+    """A llama-architecture dense model."""
+
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_ctx_train: int = 2048
+    extra_vocab: int = 0  # pad the vocabulary (bigger embeddings / output)
+
+
+def _vocab(extra: int) -> tuple[list[str], list[float], list[int]]:
+    tokens = list(_SPECIALS) + [f"<0x{b:02X}>" for b in range(256)] + list(_PIECES)
+    tokens += [f"\u2581tok{i}" for i in range(extra)]
+    scores = [0.0] * 3 + [0.0] * 256 + [-float(i) for i in range(len(tokens) - 259)]
+    types = [2, 3, 3] + [6] * 256 + [1] * (len(tokens) - 259)  # unknown, control, byte, normal
+    return tokens, scores, types
+
+
+def write_dense(path: str | Path, shape: DenseShape | None = None, *, seed: int = 0, name: str = "synthetic-dense",
+                dtype: str = "f32") -> Path:
+    """Write a random-weight llama-style GGUF; returns its path."""
+    import gguf
+
+    shape = shape or DenseShape()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = _vocab(shape.extra_vocab)
+    n_vocab = len(tokens)
+    head_dim = shape.n_embd // shape.n_head
+    kv_dim = head_dim * shape.n_head_kv
+    np_dtype = np.float16 if dtype == "f16" else np.float32
+
+    def weight(rows: int, cols: int) -> np.ndarray:
+        # Small values keep activations finite, so the server can generate (nonsense) text.
+        return (rng.standard_normal((rows, cols)) * 0.02).astype(np_dtype)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(name)
+    writer.add_context_length(shape.n_ctx_train)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_file_type(1 if dtype == "f16" else 0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+
+    ones = np.ones(shape.n_embd, dtype=np.float32)
+    # numpy shapes are (rows, cols) = (ggml ne1, ne0): a matrix mapping n_embd -> n is (n, n_embd).
+    writer.add_tensor("token_embd.weight", weight(n_vocab, shape.n_embd))
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", weight(n_vocab, shape.n_embd))
+    for i in range(shape.n_layer):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(shape.n_embd, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(kv_dim, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(kv_dim, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(shape.n_embd, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(shape.n_ff, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(shape.n_ff, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(shape.n_embd, shape.n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
