@@ -251,18 +251,28 @@ def _oom_diagnosis(lines: list[str], oom: list[str]) -> Diagnosis:
         if m := re.search(r"on device (\d+)", line):
             device = f"CUDA{m.group(1)}"
             break
-    joined = "\n".join(lines).lower()
-    first = joined.find(oom[0].lower())
-    before = joined[:first] if first >= 0 else joined
-    if "kv cache" in oom[0].lower() or "llama_kv_cache" in before[-400:] or "kv cache" in joined[first:first + 400]:
-        stage = "kv-cache"
-        fix = "lower CTX_SIZE or PARALLEL, or use KV_CACHE_TYPE_K/V=q8_0"
-    elif "compute" in joined[first:first + 400] or "compute" in oom[0].lower() or "graph_reserve" in before[-300:]:
-        stage = "compute-buffers"
-        fix = "lower UBATCH_SIZE, or leave more room with FIT_TARGET"
-    else:
-        stage = "weights"
-        fix = "put fewer layers/experts on that GPU (N_GPU_LAYERS, N_CPU_MOE, OVERRIDE_TENSORS) or turn FIT on"
+    stage = _oom_stage(lines, lines.index(oom[0]))
+    fix = {"kv-cache": "lower CTX_SIZE or PARALLEL, or use KV_CACHE_TYPE_K/V=q8_0",
+           "compute-buffers": "lower UBATCH_SIZE, or leave more room with FIT_TARGET",
+           "weights": "put fewer layers/experts on that GPU (N_GPU_LAYERS, N_CPU_MOE, OVERRIDE_TENSORS) or turn FIT on"}
     where = f" on {device}" if device else ""
     return Diagnosis(cause="oom", summary=f"out of memory{where} while allocating {stage.replace('-', ' ')}",
-                     fix=fix, device=device, stage=stage, evidence=oom[:3])
+                     fix=fix[stage], device=device, stage=stage, evidence=oom[:3])
+
+
+def _oom_stage(lines: list[str], first: int) -> str:
+    """What was being allocated: the error chain right after the OOM says it, else the last stage marker."""
+    after = " ".join(lines[first:first + 5]).lower()
+    if "kv cache" in after:
+        return "kv-cache"
+    if "compute" in after or "graph_reserve" in after:
+        return "compute-buffers"
+    for line in reversed(lines[:first]):
+        low = line.lower()
+        if "sched_reserve" in low or "graph_reserve" in low:
+            return "compute-buffers"
+        if "kv cache" in low or "llama_kv_cache" in low:
+            return "kv-cache"
+        if "load_tensors" in low:
+            return "weights"
+    return "weights"
