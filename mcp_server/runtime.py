@@ -316,7 +316,7 @@ class Runtime:
                     record = self._mark_ended(record, final, timed_out=True)
                 raise StartFailed(record, record.diagnosis or diagnose("", None, timed_out=True), self._tail(record))
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, 0.1)  # detection lag stays under 0.1 s, a few % of a short load
 
     def _tail(self, record: InstanceRecord, n: int = 20) -> list[str]:
         text = strip_ansi(self.backend(record.backend).read_log(record))
