@@ -264,16 +264,20 @@ def test_orphan_is_found_and_adopted(runtime, project, backend):
     if backend == "docker":
         pytest.skip("orphaned containers are covered in test_docker_backend.py")
     view = runtime.start("tiny")
-    for path in Registry().dir.glob("*.json"):
-        path.unlink()  # the manager's state is lost: the process runs on, unknown to us
-    rt = reload(runtime, project)
-    (orphan,) = [o for o in rt.orphans() if o.pid == view.pid]  # other servers on this machine are not ours
-    assert orphan.port == view.port and orphan.model_path.endswith("synth/tiny.gguf")
-    adopted = rt.adopt(orphan)
-    assert adopted.profile == "tiny" and adopted.status == "ready" and adopted.adopted
-    assert view.pid not in [o.pid for o in rt.orphans()]
-    rt.stop("tiny")
-    assert not psutil.pid_exists(view.pid) or psutil.Process(view.pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        for path in Registry().dir.glob("*.json"):
+            path.unlink()  # the manager's state is lost: the process runs on, unknown to us
+        rt = reload(runtime, project)
+        (orphan,) = [o for o in rt.orphans() if o.pid == view.pid]  # other servers here are not ours
+        assert orphan.port == view.port and orphan.model_path.endswith("synth/tiny.gguf")
+        adopted = rt.adopt(orphan)
+        assert adopted.profile == "tiny" and adopted.status == "ready" and adopted.adopted
+        assert view.pid not in [o.pid for o in rt.orphans()]
+        rt.stop("tiny")
+        assert not psutil.pid_exists(view.pid) or psutil.Process(view.pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        if psutil.pid_exists(view.pid):
+            os.killpg(os.getpgid(view.pid), signal.SIGKILL)
 
 
 def test_stale_record_with_dead_pid_is_cleaned(runtime, project):
