@@ -125,6 +125,14 @@ class NativeBackend:
             return ProcessState(alive=False, exit_code=ended)
         if record.pid and _same_process(record.pid, record.pid_create_time):
             return ProcessState(alive=True)
+        if record.supervisor_pid and _alive(record.supervisor_pid):
+            # The server just ended and its keeper is about to write the exit status: wait for it.
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                ended = _read_exit(record)
+                if ended is not None:
+                    return ProcessState(alive=False, exit_code=ended)
+                time.sleep(0.01)
         if record.pid and psutil.pid_exists(record.pid):
             return ProcessState(alive=False, detail="pid now belongs to another program (record is stale)")
         return ProcessState(alive=False, detail="process is gone and no exit status was recorded")

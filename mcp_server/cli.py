@@ -116,9 +116,10 @@ def _shell_quote(arg: str) -> str:
 @cli.command()
 @click.argument("profile")
 @click.option("--port", type=int, help="Port to put in the argv (default: the profile's or [global]'s).")
+@click.option("--docker", is_flag=True, help="The argv inside llama-pilot's image (model under /models).")
 @json_option
 @click.pass_context
-def args(ctx: click.Context, profile: str, port: int | None, as_json: bool) -> None:
+def args(ctx: click.Context, profile: str, port: int | None, docker: bool, as_json: bool) -> None:
     """Print the exact llama-server argv for PROFILE, one argument per line."""
     from .argv import launch_spec
     from .engine import EngineNotFound, locate_engine
@@ -126,11 +127,14 @@ def args(ctx: click.Context, profile: str, port: int | None, as_json: bool) -> N
     with cli_errors():
         config = _config(ctx)
         prof = config.profile(profile)
-        try:
-            engine = locate_engine(config.host.engine).path
-        except EngineNotFound:
-            engine = config.host.engine or "llama-server"
-        spec = launch_spec(prof, config, engine=engine, port=port)
+        if docker:
+            engine = "llama-server"
+        else:
+            try:
+                engine = locate_engine(config.host.engine).path
+            except EngineNotFound:
+                engine = config.host.engine or "llama-server"
+        spec = launch_spec(prof, config, engine=engine, port=port, model_root="/models" if docker else None)
     if as_json:
         return emit_json(spec)
     for key, value in spec.env.items():
@@ -498,6 +502,34 @@ def engine_build_cmd(source: str | None, backend: str, cuda_arch: str | None, cm
     if as_json:
         return emit_json(info)
     click.echo(f"built {info.path} (build {info.build_number})")
+
+
+@cli.group("docker")
+def docker_group() -> None:
+    """llama-pilot's Docker image."""
+
+
+@docker_group.command("build")
+@click.option("--tag", default=None, help="Image tag (default: DOCKER_IMAGE from [global]).")
+@click.option("--force", is_flag=True, help="Rebuild even if the image matches the engine.")
+@click.pass_context
+def docker_build_cmd(ctx: click.Context, tag: str | None, force: bool) -> None:
+    """Build the CPU image from the local engine, offline (no registry needed)."""
+    from .dockerimage import build_local_image
+
+    with cli_errors():
+        engine = None
+        try:
+            config = _config(ctx)
+            tag = tag or config.host.docker_image
+            engine = config.host.engine
+        except LlamaPilotError:
+            pass  # no models.conf: defaults are fine
+        from .engine import locate_engine
+
+        image = build_local_image(tag or "llama-pilot/llama-server:cpu", engine_path=locate_engine(engine).path,
+                                  force=force)
+    click.echo(f"{tag or 'llama-pilot/llama-server:cpu'}: {image}")
 
 
 @cli.command("setup")

@@ -226,13 +226,15 @@ def diagnose(text: str, exit_code: int | None, *, timed_out: bool = False, port:
         return Diagnosis(cause="timeout", summary=f"still {progress.stage} ({progress.fraction:.0%}) when the "
                          "start timed out", fix="allow a longer load (--timeout) or check that the disk is not "
                          "the bottleneck", evidence=tail[-3:])
-    if exit_code is not None and exit_code < 0:
+    if exit_code is not None and (exit_code < 0 or 128 < exit_code < 160):
         import signal
 
+        # A negative code is Python's "killed by signal N"; Docker and shells report 128 + N.
+        number = -exit_code if exit_code < 0 else exit_code - 128
         try:
-            name = signal.Signals(-exit_code).name
+            name = signal.Signals(number).name
         except ValueError:
-            name = f"signal {-exit_code}"
+            name = f"signal {number}"
         fix = "the kernel's OOM killer may have ended it: check host RAM" if name == "SIGKILL" else \
             "something outside llama-pilot ended it"
         return Diagnosis(cause="killed", summary=f"llama-server was killed by {name}", fix=fix, evidence=tail[-3:])

@@ -159,7 +159,10 @@ class Runtime:
         """Check one live record against reality; persists any change. Call under the lock."""
         if not record.is_live:
             return record
-        state = self.backend(record.backend).state(record)
+        try:
+            state = self.backend(record.backend).state(record)
+        except LlamaPilotError:
+            return record  # e.g. the Docker daemon is down: report the last known state, decide nothing
         if not state.alive:
             return self._mark_ended(record, state)
         if record.status == InstanceStatus.LOADING and health(record.base_url, timeout=1.0)[0] == 200:
@@ -178,6 +181,9 @@ class Runtime:
                 diagnosis = diagnosis.model_copy(update={"summary": f"{diagnosis.summary} ({state.detail})"})
             update = {"status": InstanceStatus.FAILED, "exit_code": state.exit_code, "ended_at": time.time(),
                       "diagnosis": diagnosis}
+            if record.backend == "docker":
+                # An exited container still holds its log and its name: archive the log, remove it.
+                self.backend(record.backend).stop(record, 0)
         record = record.model_copy(update=update)
         self.registry.save(record)
         return record

@@ -45,7 +45,7 @@ def need(thing: object, what: str, how: str) -> None:
         return
     message = f"{what} not available: {how}"
     if IN_CI:
-        pytest.fail(message + " (CI must provide it; .ci/run runs `llama-pilot setup`)")
+        pytest.fail(message + " (CI must provide it: see .ci/run)")
     pytest.skip(message)
 
 

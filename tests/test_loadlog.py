@@ -71,6 +71,7 @@ def test_unknown_failure_keeps_the_last_lines():
 
 def test_signal_exit_and_timeout():
     assert diagnose(log("fine"), -9).cause == "killed"
+    assert "SIGKILL" in diagnose(log("fine"), 137).summary  # Docker's 128 + signal
     timed = diagnose(log(*HEAD, "." * 40), None, timed_out=True)
     assert timed.cause == "timeout" and "loading weights" in timed.summary
 

@@ -285,7 +285,7 @@ def test_stale_record_with_dead_pid_is_cleaned(runtime, project):
     registry = Registry()
     (record,) = [r for r in registry.all() if r.id == view.id]
     fake = record.model_copy(update={"id": "ghost-1", "profile": "ghost", "pid": 999999, "supervisor_pid": None,
-                                     "exit_file": None, "port": 1})
+                                     "exit_file": None, "port": 1, "backend": "native", "container_id": None})
     registry.save(fake)
     states = {v.profile: v for v in runtime.status()}
     assert states["ghost"].status == "failed" and "no exit status" in states["ghost"].diagnosis.summary
