@@ -260,9 +260,8 @@ def test_instance_outlives_the_cli_that_started_it(project):
         runtime.stop("all")
 
 
+@pytest.mark.parametrize("backend", ["native"], indirect=True)  # containers: test_docker_backend.py
 def test_orphan_is_found_and_adopted(runtime, project, backend):
-    if backend == "docker":
-        pytest.skip("orphaned containers are covered in test_docker_backend.py")
     view = runtime.start("tiny")
     try:
         for path in Registry().dir.glob("*.json"):
