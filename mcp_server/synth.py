@@ -97,3 +97,64 @@ def write_dense(path: str | Path, shape: DenseShape | None = None, *, seed: int 
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_sparse_split(stem: str | Path, n_shards: int, tensors: list[tuple[str, list[int], int]],
+                       metadata: dict[str, object], arch: str, n_vocab: int = 151_936) -> list[Path]:
+    """A split GGUF whose headers are real (with a full-size tokenizer) and whose data is a hole.
+
+    ``tensors`` are (name, ggml shape with ne0 first, ggml type id). The files take the size the
+    real model would, but almost no disk: for inspecting and estimating huge models quickly.
+    """
+    import gguf
+
+    from .gguf_inspect import tensor_bytes
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    per_shard = -(-len(tensors) // n_shards)
+    paths = []
+    for i in range(n_shards):
+        path = stem.with_name(f"{stem.name}-{i + 1:05d}-of-{n_shards:05d}.gguf")
+        part = tensors[i * per_shard:(i + 1) * per_shard]
+        writer = gguf.GGUFWriter(str(path), arch)
+        writer.add_uint16("split.no", i)
+        writer.add_uint16("split.count", n_shards)
+        writer.add_int32("split.tensors.count", len(tensors))
+        if i == 0:
+            for key, value in metadata.items():
+                _add_value(writer, key, value)
+            writer.add_tokenizer_model("gpt2")
+            writer.add_token_list([f"tok{j}" for j in range(n_vocab)])
+            writer.add_token_types([1] * n_vocab)
+            writer.add_token_merges([f"t{j} o{j}" for j in range(n_vocab // 2)])
+        for name, shape, type_id in part:
+            nbytes = tensor_bytes(type_id, shape)
+            # numpy order is the reverse of ggml's; a non-uint8 dtype makes the writer take element shapes.
+            writer.add_tensor_info(name, list(reversed(shape)), np.dtype(np.float32), nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType(type_id))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        with open(path, "r+b") as f:
+            data_start = -(-f.seek(0, 2) // 32) * 32
+            offsets_end = data_start + sum(-(-tensor_bytes(t, s) // 32) * 32 for _, s, t in part)
+            f.truncate(offsets_end)  # a hole: no data written
+        paths.append(path)
+    return paths
+
+
+def _add_value(writer, key: str, value: object) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, list):
+        writer.add_array(key, value)
+    else:
+        raise TypeError(f"cannot write {key}={value!r}")
