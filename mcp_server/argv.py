@@ -83,7 +83,11 @@ def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server
         argv += split_extra_args(extra, where=f"[{profile.id}]")
     devices = profile.get("VISIBLE_DEVICES")
     visible = [int(d) for d in devices.split(",")] if devices else None
-    env = {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in visible)} if visible is not None else {}
+    # PCI bus order makes CUDA's numbering (CUDA0 in llama.cpp's log, VISIBLE_DEVICES, -ts order)
+    # the same as nvidia-smi's, NVML's and Docker's; CUDA's default "fastest first" need not be.
+    env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    if visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in visible)
     return LaunchSpec(profile=profile.id, argv=argv, env=env, model_path=model_path, host=chosen_host,
                       port=chosen_port, visible_devices=visible)
 

@@ -28,8 +28,11 @@ KV_TYPES: dict[str, tuple[int, int]] = {"f32": (1, 4), "f16": (1, 2), "bf16": (1
                                         "iq4_nl": (32, 18)}
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # Runtime memory llama.cpp does not log (CUDA context, cuBLAS workspace, pool) per GPU it touches.
-# Starting value before calibration: between Ollama's 457 MiB and the seed project's ~500 MiB.
-DEFAULT_GPU_OVERHEAD_MIB = 480.0
+# Measured on an H200 with build 11434 (docs/gpu-validation/probe-h200-2026-11-29.jsonl): NVML
+# per-process memory minus the logged buffers was 588-589 MiB in all six settings after load, and
+# the pool grew by another 106 MiB with the first long prompt. Smaller GPUs reserve less (the
+# stack reservation scales with the number of SMs); per-GPU calibration is still to come.
+DEFAULT_GPU_OVERHEAD_MIB = 589.0
 
 
 @dataclass

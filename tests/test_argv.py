@@ -72,12 +72,13 @@ def test_minimal_profile_gets_only_global_defaults(config):
     assert spec.argv == ["llama-server", "--model", "/srv/models/tiny.gguf", "--host", "127.0.0.1", "--port", "8080",
                          "--flash-attn", "on", "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
                          "--log-verbosity", "4"]
-    assert spec.env == {} and spec.visible_devices is None
+    assert spec.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} and spec.visible_devices is None
 
 
 def test_visible_devices_become_environment(config):
     spec = launch_spec(config.profile("full"), config)
-    assert spec.env == {"CUDA_VISIBLE_DEVICES": "0,1"} and spec.visible_devices == [0, 1]
+    assert spec.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert spec.visible_devices == [0, 1]
 
 
 def test_docker_model_root_and_port_override(config):

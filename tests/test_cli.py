@@ -44,7 +44,8 @@ def test_list_table_and_json(write_conf):
 def test_args_prints_one_argument_per_line(write_conf):
     conf = write_conf(CONF)
     result = run("--config", str(conf), "args", "alpha", "--port", "9123")
-    lines = result.output.splitlines()
+    assert result.output.startswith("# env CUDA_DEVICE_ORDER=PCI_BUS_ID\n")
+    lines = [line for line in result.output.splitlines() if not line.startswith("#")]
     assert lines[1:] == ["--model", str((conf.parent / "models" / "a.gguf").resolve()), "--ctx-size", "131072",
                          "--host", "127.0.0.1", "--port", "9123", "--log-verbosity", "4"]
     spec = json.loads(run("--config", str(conf), "args", "alpha", "--json").output)

@@ -1,0 +1,91 @@
+"""GPU memory probe: for a few launch settings, what we predict, what llama.cpp logs, what NVML measures.
+
+Data for calibrating the estimator's approximate terms (compute buffers, per-GPU overhead) on a
+real GPU. Writes one JSON object per configuration to ``--out`` (JSON lines).
+
+    LLAMA_SERVER=<CUDA llama-server> python benchmarks/gpu_probe.py --out probe.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mcp_server.estimate import estimate, settings_from_argv  # noqa: E402
+from mcp_server.gguf_inspect import inspect_gguf  # noqa: E402
+from mcp_server.gpu import read_gpus  # noqa: E402
+from mcp_server.health import chat  # noqa: E402
+from mcp_server.profiles import create_profile, load_config  # noqa: E402
+from mcp_server.runtime import Runtime  # noqa: E402
+from mcp_server.synth import DenseShape, write_dense  # noqa: E402
+
+CONFIGS = [
+    {"CTX_SIZE": "4096", "PARALLEL": "1", "N_GPU_LAYERS": "99"},
+    {"CTX_SIZE": "32768", "PARALLEL": "1", "N_GPU_LAYERS": "99"},
+    {"CTX_SIZE": "32768", "N_GPU_LAYERS": "99"},
+    {"CTX_SIZE": "4096", "PARALLEL": "1", "N_GPU_LAYERS": "8"},
+    {"CTX_SIZE": "16384", "PARALLEL": "1", "N_GPU_LAYERS": "99", "FLASH_ATTN": "on", "KV_CACHE_TYPE_K": "q8_0",
+     "KV_CACHE_TYPE_V": "q8_0"},
+    {"CTX_SIZE": "8192", "PARALLEL": "2", "N_GPU_LAYERS": "99", "UBATCH_SIZE": "1024", "BATCH_SIZE": "2048"},
+]
+
+
+def process_mib(pid: int | None) -> dict[str, int]:
+    report = read_gpus()
+    return {f"CUDA{g.cuda_index if g.cuda_index is not None else g.nvml_index}": p.used_mib
+            for g in report.gpus for p in g.processes if p.pid == pid and p.used_mib is not None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--embd", type=int, default=2048)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="probe-"))
+    models = work / "models"
+    write_dense(models / "dense.gguf", DenseShape(n_layer=args.layers, n_embd=args.embd, n_head=32, n_head_kv=8,
+                                                  n_ff=args.embd * 11 // 4, n_ctx_train=32768, extra_vocab=31700),
+                dtype="f16")
+    conf = work / "models.conf"
+    conf.write_text("[global]\nMODELS_DIR=models\nFIT=off\n")
+    capacity = [g.memory_total_mib for g in read_gpus().gpus]
+    info = inspect_gguf(models / "dense.gguf")
+    with open(args.out, "w") as out:
+        for i, values in enumerate(CONFIGS):
+            pid = f"p{i}"
+            create_profile(load_config(conf), pid, {"MODEL": "dense.gguf", **values})
+            runtime = Runtime(load_config(conf))
+            view = runtime.start(pid, timeout_s=300)
+            time.sleep(1.0)
+            after_load = process_mib(view.pid)
+            prompt = " ".join(["hello world"] * 500)
+            try:
+                chat(view.url, prompt, max_tokens=16, temperature=0)
+            except Exception as exc:  # noqa: BLE001 - recorded, not fatal to the probe
+                print(f"{pid}: request failed: {exc}", file=sys.stderr)
+            time.sleep(0.5)
+            after_prompt = process_mib(view.pid)
+            report = runtime.load_report(pid)
+            argv = next(r.argv for r in runtime.registry.all() if r.id == view.id)
+            runtime.stop(view.id)
+            predicted = estimate(info, settings_from_argv(argv), capacity)
+            row = {"config": values, "argv": argv, "nvml_after_load_mib": after_load,
+                   "nvml_after_prompt_mib": after_prompt, "logged": report.model_dump(mode="json"),
+                   "predicted": predicted.model_dump(mode="json"), "model_bytes": info.total_bytes}
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            print(pid, values, "nvml", after_load, after_prompt, "logged", report.total_by_device_mib,
+                  "predicted", [(d.device, d.total_mib) for d in predicted.devices], flush=True)
+    os.system(f"rm -rf {work}")
+
+
+if __name__ == "__main__":
+    main()
