@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -448,6 +449,93 @@ def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, as_json: bool) 
         click.echo(f"{'stopped' if stop_all else 'adopted'} {v.profile} ({v.id})")
 
 
+# --- placement -------------------------------------------------------------------------------
+
+
+@cli.command("inspect")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor.")
+@json_option
+def inspect_cmd(file: str, show_tensors: bool, as_json: bool) -> None:
+    """Inspect a GGUF from its headers (every shard): layout, experts, attention, sizes by kind."""
+    from .ggufmeta import GGUFFormatError
+    from .gguf_inspect import inspect_gguf
+
+    try:
+        info = inspect_gguf(file)
+    except (GGUFFormatError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        data = info.model_dump(mode="json")
+        if not show_tensors:
+            data.pop("tensors")
+        data["metadata"] = {k: v for k, v in data["metadata"].items() if not isinstance(v, list) or len(v) <= 64}
+        return emit_json(data)
+    gib = 1024**3
+    click.echo(f"{info.name or Path(file).name}: {info.architecture}, {info.n_layer} layers, "
+               f"{info.parameters / 1e9:.2f} B parameters, {info.total_bytes / gib:.2f} GiB in {len(info.shards)} file(s)")
+    click.echo(f"context {info.n_ctx_train}, embedding {info.n_embd}, vocab {info.n_vocab}, heads {max(info.n_head or [0])}"
+               f", KV heads {sorted(set(info.n_head_kv))}, head size K {info.key_length} / V {info.value_length}")
+    if info.expert_count:
+        click.echo(f"experts: {info.expert_count} routed ({info.expert_used_count} used), {info.expert_shared_count} shared")
+    if info.swa_layers:
+        click.echo(f"sliding window {info.sliding_window} on {len(info.swa_layers)} of {info.n_layer} layers")
+    if info.is_mla:
+        click.echo(f"MLA attention (KV LoRA rank {info.kv_lora_rank})")
+    if info.recurrent_layers:
+        click.echo(f"recurrent layers: {len(info.recurrent_layers)} of {info.n_layer}")
+    rows = [[k, f"{v / gib:.3f}"] for k, v in sorted(info.bytes_by_kind.items(), key=lambda kv: -kv[1])]
+    click.echo(_table(rows, ["KIND", "GiB"]))
+    if show_tensors:
+        click.echo(_table([[t.name, t.type, "x".join(map(str, t.shape)), str(t.bytes)] for t in info.tensors],
+                          ["TENSOR", "TYPE", "SHAPE", "BYTES"]))
+
+
+def _parse_gpus(spec: str) -> list[float]:
+    sizes = []
+    for part in spec.split(","):
+        part = part.strip().lower()
+        for unit, factor in (("gib", 1024.0), ("gb", 1000**3 / 2**20), ("mib", 1.0), ("g", 1024.0)):
+            if part.endswith(unit):
+                try:
+                    sizes.append(float(part[: -len(unit)]) * factor)
+                except ValueError:
+                    break
+                break
+        else:
+            raise click.UsageError(f"--gpus: {part!r} is not a size like 24GiB")
+    return sizes
+
+
+@cli.command("estimate")
+@click.argument("profile")
+@click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB (default: none, CPU only).")
+@json_option
+@click.pass_context
+def estimate_cmd(ctx: click.Context, profile: str, gpus: str | None, as_json: bool) -> None:
+    """Predict per-device memory for PROFILE: weights, KV cache, compute, overhead, fits or not."""
+    from .argv import launch_spec
+    from .estimate import estimate, settings_from_argv
+    from .gguf_inspect import inspect_gguf
+
+    capacities = _parse_gpus(gpus) if gpus else []
+    with cli_errors():
+        config = _config(ctx)
+        prof = config.profile(profile)
+        spec = launch_spec(prof, config)
+        result = estimate(inspect_gguf(spec.model_path), settings_from_argv(spec.argv), capacities)
+    if as_json:
+        return emit_json(result)
+    rows = [[d.device, f"{d.weights_mib:.0f}", f"{d.kv_cache_mib:.0f}", f"{d.recurrent_mib:.0f}",
+             f"{d.compute_mib:.0f}", f"{d.overhead_mib:.0f}", f"{d.total_mib:.0f} ±{d.uncertainty_mib:.0f}",
+             f"{d.capacity_mib:.0f}" if d.capacity_mib else "", "yes" if d.fits else ("NO" if d.fits is False else "")]
+            for d in [*result.devices, result.host]]
+    click.echo(f"context {result.n_ctx}, {result.slots} slots ({'unified' if result.unified_kv else 'per slot'} KV)")
+    click.echo(_table(rows, ["DEVICE", "WEIGHTS", "KV", "RECURRENT", "COMPUTE", "OVERHEAD", "TOTAL MiB", "SIZE", "FITS"]))
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
 # --- engine, setup, demo ---------------------------------------------------------------------
 
 
@@ -570,6 +658,144 @@ def demo_cmd(ctx: click.Context, profile: str, prompt: str, as_json: bool) -> No
                f"{result.total_s:.1f} s in all; server stopped)", err=True)
 
 
+
+# --- monitoring ------------------------------------------------------------------------------
+
+
+watch_option = click.option("--watch", "watch_s", type=float, is_flag=False, flag_value=1.0, default=None,
+                            metavar="[SECONDS]", help="Redraw every SECONDS (default 1) until Ctrl-C.")
+
+
+def _watch(render: Any, watch_s: float | None, as_json: bool) -> None:
+    """Render once, or every ``watch_s`` seconds until Ctrl-C (JSON: one object per line)."""
+    import time
+
+    if watch_s is None:
+        return render(pretty=True)
+    if watch_s <= 0:
+        raise click.UsageError("--watch needs a positive number of seconds")
+    try:
+        while True:
+            started = time.monotonic()
+            if not as_json:
+                click.clear()
+            render(pretty=False)
+            time.sleep(max(0.0, watch_s - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        pass
+
+
+def _num(value: Any, fmt: str = "{}", none: str = "-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def _gpu_text(report: Any) -> str:
+    if not report.gpus:
+        return f"no GPUs: {report.reason}"
+    rows, lines = [], []
+    for g in report.gpus:
+        mem = f"{_num(g.memory_used_mib)}/{_num(g.memory_total_mib)}"
+        power = f"{_num(g.power_w, '{:.0f}')}/{_num(g.power_limit_w, '{:.0f}')}"
+        clocks = f"{_num(g.sm_clock_mhz)}/{_num(g.mem_clock_mhz)}"
+        rows.append([str(g.nvml_index), _num(g.cuda_index, none="hidden"), g.name or "?", g.compute_capability or "-",
+                     mem, _num(g.gpu_util_pct, "{}%"), _num(g.mem_util_pct, "{}%"), _num(g.temperature_c, "{}C"),
+                     power, clocks, _num(g.fan_pct, "{}%"), g.pci_bus_id or "-"])
+    lines.append(_table(rows, ["NVML", "CUDA", "NAME", "CC", "MEM USED/TOTAL MiB", "GPU", "MEM", "TEMP",
+                               "POWER/LIMIT W", "SM/MEM MHz", "FAN", "PCI BUS"]))
+    procs = [[str(g.nvml_index), _num(g.cuda_index, none="hidden"), str(p.pid), p.name or "?", _num(p.used_mib),
+              p.profile or "-", _num(p.cuda_index, "CUDA{}", none="-"), p.instance_id or "(not llama-pilot)"]
+             for g in report.gpus for p in g.processes]
+    if procs:
+        lines.append("")
+        lines.append(_table(procs, ["NVML", "CUDA", "PID", "PROCESS", "MiB", "PROFILE", "IN INSTANCE", "INSTANCE"]))
+    else:
+        lines.append("\nno processes on the GPUs")
+    order = {"cuda-driver": "as the CUDA driver enumerates them", "pci-bus-id": "PCI bus order, exact",
+             "heuristic": "estimated (compute capability, cores, bus); set CUDA_DEVICE_ORDER=PCI_BUS_ID to be sure"}
+    lines.append(f"\ndriver {report.driver_version or '?'}, CUDA {report.cuda_driver_version or '?'}; "
+                 f"CUDA index: CUDA_DEVICE_ORDER={report.cuda_device_order}"
+                 + (f", CUDA_VISIBLE_DEVICES={report.cuda_visible_devices}" if report.cuda_visible_devices is not None else "")
+                 + f" ({order.get(report.cuda_order_source or '', 'unknown')})")
+    if report.reason:
+        lines.append(f"note: {report.reason}")
+    return "\n".join(lines)
+
+
+@cli.command("gpu")
+@json_option
+@watch_option
+def gpu_cmd(as_json: bool, watch_s: float | None) -> None:
+    """GPUs (NVML and CUDA index, memory, load, power, clocks) and who holds memory on them."""
+    from .gpu import read_gpus
+
+    def render(pretty: bool) -> None:
+        report = read_gpus()
+        if as_json:
+            click.echo(report.model_dump_json(indent=2 if pretty else None))
+        else:
+            click.echo(_gpu_text(report))
+
+    _watch(render, watch_s, as_json)
+
+
+def _stats_text(stats: Any) -> str:
+    cores = " ".join(f"{p:.0f}" for p in stats.per_core_pct)
+    load = " ".join(f"{x:.2f}" for x in stats.load_avg) or "-"
+    lines = [f"CPU {stats.cpu_pct:.1f}% of {stats.cpu_count} cores (over {_num(stats.interval_s, '{:.1f}')} s), "
+             f"load {load}",
+             f"per core %: {cores}",
+             f"RAM {stats.ram_used_mib:.0f} MiB used of {stats.ram_total_mib:.0f}, {stats.ram_available_mib:.0f} available; "
+             f"swap {stats.swap_used_mib:.0f} of {stats.swap_total_mib:.0f} MiB"]
+    if stats.instances:
+        rows = [[i.profile, i.backend, i.status, _num(i.pid), _num(i.rss_mib, "{:.0f}"), _num(i.cpu_pct, "{:.1f}"),
+                 _num(i.threads), _num(i.container_mem_mib, "{:.0f}"), _num(i.container_cpu_pct, "{:.1f}"), i.note or ""]
+                for i in stats.instances]
+        lines += ["", _table(rows, ["PROFILE", "BACKEND", "STATUS", "PID", "RSS MiB", "CPU%", "THREADS",
+                                    "CTR MiB", "CTR CPU%", ""])]
+    else:
+        lines.append("\nno llama-pilot instance running")
+    return "\n".join(lines)
+
+
+@cli.command("stats")
+@json_option
+@watch_option
+def stats_cmd(as_json: bool, watch_s: float | None) -> None:
+    """Host CPU (total, per core), load, RAM and swap, and each running instance's RSS and CPU."""
+    from .sysstats import StatsState, read_system
+
+    state = StatsState()
+
+    def render(pretty: bool) -> None:
+        stats = read_system(sampler_state=state)
+        if as_json:
+            click.echo(stats.model_dump_json(indent=2 if pretty else None))
+        else:
+            click.echo(_stats_text(stats))
+
+    _watch(render, watch_s, as_json)
+
+
+@cli.command("dashboard")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="models.conf to use (same as the option before the command).")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between GPU/system samples and status checks.")
+@click.pass_context
+def dashboard_cmd(ctx: click.Context, config_path: str | None, interval_s: float) -> None:
+    """Live terminal dashboard: the model, GPUs, system, server log; pick, switch, stop (needs the tui extra)."""
+    try:
+        import textual  # noqa: F401
+    except ImportError:
+        click.echo("The dashboard needs Textual: pip install 'llama-pilot[tui]'", err=True)
+        sys.exit(1)
+    from .dashboard import run_dashboard
+    from .profiles import load_config
+
+    with cli_errors():
+        farewell = run_dashboard(load_config(config_path or ctx.obj["config"]), interval_s=interval_s)
+    if farewell:
+        click.echo(farewell)
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="llama-pilot")
 

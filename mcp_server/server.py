@@ -23,10 +23,12 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .catalog import ModelDetail, ModelSummary, get_model as core_get_model, list_models as core_list_models
 from .errors import LlamaPilotError
+from .gpu import GpuReport, read_gpus
 from .lint import Finding, lint_config
 from .loadlog import LoadReport
 from .profiles import load_config
 from .runtime import InstanceView, LogTail, Runtime, SwitchFailed, SwitchResult
+from .sysstats import StatsState, SystemStats, read_system
 
 ProfileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="profile id: a [section] of models.conf")]
 
@@ -164,6 +166,19 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
         """What llama.cpp reported for the profile's last load: memory per device (weights, KV cache, compute, output), layers on GPU, graph splits, context, slots, load time."""
         with tool_errors():
             return await anyio.to_thread.run_sync(lambda: runtime().load_report(profile))
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def gpu_stats() -> GpuReport:
+        """Every NVIDIA GPU: NVML index (nvidia-smi's) and CUDA index (llama.cpp's CUDA<n>), name, compute capability, memory total/used/free in MiB, GPU and memory utilisation, temperature, power and limit, clocks, fan; each process on it with its memory and the llama-pilot instance (profile) that owns it. Without a driver or GPU: gpus is empty and reason says why."""
+        with tool_errors():
+            return await anyio.to_thread.run_sync(read_gpus)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def system_stats() -> SystemStats:
+        """Host CPU (total and per core, over a short window), load average, RAM and swap in MiB, and per running instance its llama-server's RSS and CPU (Docker instances also the container's memory and CPU)."""
+        with tool_errors():
+            # A fresh state: CPU is measured over the last 0.2 s, not since an earlier call.
+            return await anyio.to_thread.run_sync(lambda: read_system(sampler_state=StatsState()))
 
     return mcp
 
