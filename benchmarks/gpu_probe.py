@@ -24,8 +24,13 @@ from mcp_server.gpu import read_gpus  # noqa: E402
 from mcp_server.health import chat  # noqa: E402
 from mcp_server.profiles import create_profile, load_config  # noqa: E402
 from mcp_server.runtime import Runtime  # noqa: E402
-from mcp_server.synth import DenseShape, write_dense  # noqa: E402
+from mcp_server.synth import DenseShape, MoeShape, write_dense, write_sparse_moe  # noqa: E402
 
+MOE_CONFIGS = [
+    {"CTX_SIZE": "8192", "PARALLEL": "1", "N_GPU_LAYERS": "99"},
+    {"CTX_SIZE": "8192", "PARALLEL": "1", "N_GPU_LAYERS": "99", "N_CPU_MOE": "24"},
+    {"CTX_SIZE": "8192", "PARALLEL": "1", "N_GPU_LAYERS": "99", "EXTRA_ARGS": "--cpu-moe"},
+]
 CONFIGS = [
     {"CTX_SIZE": "4096", "PARALLEL": "1", "N_GPU_LAYERS": "99"},
     {"CTX_SIZE": "32768", "PARALLEL": "1", "N_GPU_LAYERS": "99"},
@@ -48,27 +53,38 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--embd", type=int, default=2048)
+    parser.add_argument("--family", choices=["dense", "moe"], default="dense",
+                        help="moe: a sparse (all-zero, no disk) qwen3moe shaped like a 30B-A3B model")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="probe-"))
     models = work / "models"
-    write_dense(models / "dense.gguf", DenseShape(n_layer=args.layers, n_embd=args.embd, n_head=32, n_head_kv=8,
-                                                  n_ff=args.embd * 11 // 4, n_ctx_train=32768, extra_vocab=31700),
-                dtype="f16")
+    if args.family == "moe":
+        shape = MoeShape(n_layer=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_expert=128,
+                         n_expert_used=8, n_ff_expert=768, n_ctx_train=32768, n_vocab=151936)
+        (model,) = write_sparse_moe(models / "moe", shape)
+        model.rename(models / "dense.gguf")  # one name for the loop below
+        configs = MOE_CONFIGS
+    else:
+        write_dense(models / "dense.gguf", DenseShape(n_layer=args.layers, n_embd=args.embd, n_head=32, n_head_kv=8,
+                                                      n_ff=args.embd * 11 // 4, n_ctx_train=32768, extra_vocab=31700),
+                    dtype="f16")
+        configs = CONFIGS
     conf = work / "models.conf"
     conf.write_text("[global]\nMODELS_DIR=models\nFIT=off\n")
     capacity = [g.memory_total_mib for g in read_gpus().gpus]
     info = inspect_gguf(models / "dense.gguf")
     with open(args.out, "w") as out:
-        for i, values in enumerate(CONFIGS):
+        for i, values in enumerate(configs):
             pid = f"p{i}"
             create_profile(load_config(conf), pid, {"MODEL": "dense.gguf", **values})
             runtime = Runtime(load_config(conf))
             view = runtime.start(pid, timeout_s=300)
             time.sleep(1.0)
             after_load = process_mib(view.pid)
-            prompt = " ".join(["hello world"] * 500)
+            prompt = " ".join(["hello world"] * 100)  # about 1200 tokens: more than one ubatch
+            timings = {}
             try:
-                chat(view.url, prompt, max_tokens=16, temperature=0)
+                timings = chat(view.url, prompt, max_tokens=64, temperature=0).get("timings", {})
             except Exception as exc:  # noqa: BLE001 - recorded, not fatal to the probe
                 print(f"{pid}: request failed: {exc}", file=sys.stderr)
             time.sleep(0.5)
@@ -79,11 +95,13 @@ def main() -> None:
             predicted = estimate(info, settings_from_argv(argv), capacity)
             row = {"config": values, "argv": argv, "nvml_after_load_mib": after_load,
                    "nvml_after_prompt_mib": after_prompt, "logged": report.model_dump(mode="json"),
-                   "predicted": predicted.model_dump(mode="json"), "model_bytes": info.total_bytes}
+                   "predicted": predicted.model_dump(mode="json"), "model_bytes": info.total_bytes,
+                   "timings": timings, "family": args.family}
             out.write(json.dumps(row) + "\n")
             out.flush()
             print(pid, values, "nvml", after_load, after_prompt, "logged", report.total_by_device_mib,
-                  "predicted", [(d.device, d.total_mib) for d in predicted.devices], flush=True)
+                  "predicted", [(d.device, d.total_mib) for d in predicted.devices],
+                  "t/s", timings.get("prompt_per_second"), timings.get("predicted_per_second"), flush=True)
     os.system(f"rm -rf {work}")
 
 

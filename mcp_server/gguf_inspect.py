@@ -179,7 +179,9 @@ def tensor_kind(name: str) -> str:
 def tensor_bytes(type_id: int, shape: list[int]) -> int:
     if type_id not in GGML_TYPES:
         raise GGUFFormatError(f"tensor type {type_id} is unknown to this reader")
-    _, block, size = GGML_TYPES[type_id]
+    name, block, size = GGML_TYPES[type_id]
+    if shape[0] % block:
+        raise GGUFFormatError(f"a {name} row of {shape[0]} elements is not a whole number of {block}-element blocks")
     n = shape[0] // block * size
     for dim in shape[1:]:
         n *= dim

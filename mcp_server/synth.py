@@ -124,10 +124,16 @@ def write_sparse_split(stem: str | Path, n_shards: int, tensors: list[tuple[str,
         if i == 0:
             for key, value in metadata.items():
                 _add_value(writer, key, value)
-            writer.add_tokenizer_model("gpt2")
-            writer.add_token_list([f"tok{j}" for j in range(n_vocab)])
-            writer.add_token_types([1] * n_vocab)
-            writer.add_token_merges([f"t{j} o{j}" for j in range(n_vocab // 2)])
+            # The same byte-level SentencePiece vocabulary as write_dense, padded to n_vocab:
+            # llama.cpp loads it, so a sparse model (all-zero weights) really runs.
+            tokens, scores, types = _vocab(max(0, n_vocab - 259 - len(_PIECES)))
+            writer.add_tokenizer_model("llama")
+            writer.add_token_list(tokens)
+            writer.add_token_scores(scores)
+            writer.add_token_types(types)
+            writer.add_bos_token_id(1)
+            writer.add_eos_token_id(2)
+            writer.add_unk_token_id(0)
         for name, shape, type_id in part:
             nbytes = tensor_bytes(type_id, shape)
             # numpy order is the reverse of ggml's; a non-uint8 dtype makes the writer take element shapes.
@@ -158,3 +164,53 @@ def _add_value(writer, key: str, value: object) -> None:  # type: ignore[no-unty
         writer.add_array(key, value)
     else:
         raise TypeError(f"cannot write {key}={value!r}")
+
+
+class MoeShape(BaseModel):
+    """A qwen3moe-architecture MoE model (routed experts, optional shared expert)."""
+
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 8
+    n_head_kv: int = 2
+    head_dim: int = 64
+    n_expert: int = 8
+    n_expert_used: int = 2
+    n_ff_expert: int = 256
+    n_ctx_train: int = 32768
+    n_vocab: int = 2048
+    expert_type: int = 12  # Q4_K
+    attn_type: int = 8  # Q8_0
+
+
+def moe_tensors(shape: MoeShape) -> tuple[list[tuple[str, list[int], int]], dict[str, object]]:
+    """Tensor list and metadata of a qwen3moe model of this shape (for write_sparse_split)."""
+    e, h, kv, d = shape.n_embd, shape.n_head, shape.n_head_kv, shape.head_dim
+    tensors: list[tuple[str, list[int], int]] = [("token_embd.weight", [e, shape.n_vocab], shape.attn_type)]
+    for i in range(shape.n_layer):
+        b = f"blk.{i}."
+        tensors += [(b + "attn_norm.weight", [e], 0), (b + "attn_q.weight", [e, h * d], shape.attn_type),
+                    (b + "attn_k.weight", [e, kv * d], shape.attn_type), (b + "attn_v.weight", [e, kv * d], shape.attn_type),
+                    (b + "attn_output.weight", [h * d, e], shape.attn_type), (b + "attn_q_norm.weight", [d], 0),
+                    (b + "attn_k_norm.weight", [d], 0), (b + "ffn_norm.weight", [e], 0),
+                    (b + "ffn_gate_inp.weight", [e, shape.n_expert], 0),
+                    (b + "ffn_gate_exps.weight", [e, shape.n_ff_expert, shape.n_expert], shape.expert_type),
+                    (b + "ffn_up_exps.weight", [e, shape.n_ff_expert, shape.n_expert], shape.expert_type),
+                    (b + "ffn_down_exps.weight", [shape.n_ff_expert, e, shape.n_expert], shape.expert_type)]
+    tensors += [("output_norm.weight", [e], 0), ("output.weight", [e, shape.n_vocab], shape.attn_type)]
+    a = "qwen3moe"
+    meta: dict[str, object] = {
+        f"{a}.block_count": shape.n_layer, f"{a}.context_length": shape.n_ctx_train, f"{a}.embedding_length": e,
+        f"{a}.feed_forward_length": shape.n_ff_expert, f"{a}.attention.head_count": h,
+        f"{a}.attention.head_count_kv": kv, f"{a}.attention.key_length": d, f"{a}.attention.value_length": d,
+        f"{a}.attention.layer_norm_rms_epsilon": 1e-6, f"{a}.rope.freq_base": 1000000.0,
+        f"{a}.expert_count": shape.n_expert, f"{a}.expert_used_count": shape.n_expert_used,
+        f"{a}.expert_feed_forward_length": shape.n_ff_expert, "general.name": "synthetic-qwen3moe"}
+    return tensors, meta
+
+
+def write_sparse_moe(stem: str | Path, shape: MoeShape | None = None, n_shards: int = 1) -> list[Path]:
+    """A loadable qwen3moe GGUF whose weights are all zero and take no disk (holes)."""
+    shape = shape or MoeShape()
+    tensors, meta = moe_tensors(shape)
+    return write_sparse_split(stem, n_shards, tensors, meta, "qwen3moe", n_vocab=shape.n_vocab)
