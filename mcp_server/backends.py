@@ -101,8 +101,7 @@ class NativeBackend:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **spec.env},
                 start_new_session=True, close_fds=True)
         pid = self._wait_pid(pid_file, exit_file, keeper)
-        create_time = _create_time(pid) if pid else None
-        return record.model_copy(update={"pid": pid, "supervisor_pid": keeper.pid, "pid_create_time": create_time,
+        return record.model_copy(update={"pid": pid, "supervisor_pid": keeper.pid, "pid_create_time": create_time(pid),
                                          "exit_file": str(exit_file)})
 
     @staticmethod
@@ -197,19 +196,22 @@ def _read_exit(record: InstanceRecord) -> int | None:
         return None
 
 
-def _create_time(pid: int) -> float | None:
+def create_time(pid: int | None) -> float | None:
+    """When the process started (guards against pid reuse); None when it is not visible from here."""
+    if not pid:
+        return None
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
 
 
-def _same_process(pid: int, create_time: float | None) -> bool:
+def _same_process(pid: int, started: float | None) -> bool:
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return create_time is None or abs(proc.create_time() - create_time) < 0.01
+        return started is None or abs(proc.create_time() - started) < 0.01
     except psutil.Error:
         return False
 

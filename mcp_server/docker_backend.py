@@ -24,10 +24,9 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import psutil
 
 from .argv import LaunchSpec
-from .backends import ProcessState, Unmanaged, argv_model, argv_port
+from .backends import ProcessState, Unmanaged, argv_model, argv_port, create_time
 from .errors import LlamaPilotError
 from .instances import InstanceRecord
 from .profiles import DEFAULT_DOCKER_IMAGE
@@ -190,7 +189,7 @@ class DockerBackend:
             "container_id": container.id,
             "container_name": name,
             "pid": pid,
-            "pid_create_time": _create_time(pid),
+            "pid_create_time": create_time(pid),  # None across pid namespaces (rootless, remote daemon)
             "supervisor_pid": None,
             "exit_file": None,
         })
@@ -359,15 +358,6 @@ def _state_of(state: dict[str, Any]) -> ProcessState:
     else:
         detail = None
     return ProcessState(alive=False, exit_code=int(code) if code is not None else None, detail=detail)
-
-
-def _create_time(pid: int | None) -> float | None:
-    if not pid:
-        return None
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None  # another pid namespace (rootless Docker, a remote daemon): no host process to see
 
 
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")

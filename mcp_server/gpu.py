@@ -535,14 +535,9 @@ def _ask_libcuda() -> list[str] | None:
 
 
 def _live(instances: "Iterable[InstanceRecord] | None") -> "list[InstanceRecord]":
-    if instances is None:
-        from .instances import Registry
+    from .instances import live_records
 
-        try:
-            instances = Registry().all()
-        except OSError:
-            return []
-    return [r for r in instances if r.is_live]
+    return live_records(instances)
 
 
 def _cgroup_text(pid: int) -> str:

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
@@ -82,6 +82,18 @@ class InstanceRecord(BaseModel):
     @property
     def is_live(self) -> bool:
         return self.status in LIVE
+
+
+def live_records(instances: "Iterable[InstanceRecord] | None" = None) -> list[InstanceRecord]:
+    """The records that claim a running server (read from the registry when none are given).
+
+    A claim, not a check: monitoring uses it to name processes, the runtime verifies claims."""
+    if instances is None:
+        try:
+            instances = Registry().all()
+        except OSError:
+            return []
+    return [r for r in instances if r.is_live]
 
 
 def new_instance_id(profile: str) -> str:

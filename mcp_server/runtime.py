@@ -18,10 +18,10 @@ from pydantic import BaseModel, Field
 
 from . import paths
 from .argv import launch_spec
-from .backends import Backend, NativeBackend, ProcessState, Unmanaged, append_separator
+from .backends import Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time
 from .errors import LlamaPilotError
 from .health import health
-from .instances import LIVE, Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
+from .instances import Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
 from .loadlog import LoadProgress, LoadReport, diagnose, load_progress, parse_load_report, strip_ansi
 from .profiles import Config, Profile
 
@@ -413,7 +413,7 @@ class Runtime:
                 status=InstanceStatus.LOADING, host="127.0.0.1", port=port, argv=orphan.argv,
                 log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=orphan.model_path or "",
                 pid=orphan.pid, container_id=orphan.container_id, started_at=orphan.started_at, adopted=True,
-                pid_create_time=_create_time(orphan.pid))
+                pid_create_time=create_time(orphan.pid))
             append_separator(Path(record.log_path), f"adopted {orphan.backend} pid {orphan.pid} as {record.id}; "
                                                     "its earlier output was not captured")
             record = self._refresh(record)
@@ -464,17 +464,6 @@ def _devices(profile: Profile) -> list[int] | None:
 def _overlap(a: list[int] | None, b: list[int] | None) -> bool:
     """Instances without explicit devices may use every GPU, so they overlap everything."""
     return a is None or b is None or bool(set(a) & set(b))
-
-
-def _create_time(pid: int | None) -> float | None:
-    if not pid:
-        return None
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def _wait_port_free(port: int, timeout_s: float) -> None:

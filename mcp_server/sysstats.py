@@ -119,14 +119,9 @@ def read_system(instances: "Iterable[InstanceRecord] | None" = None, sampler_sta
 
 
 def _live(instances: "Iterable[InstanceRecord] | None") -> "list[InstanceRecord]":
-    if instances is None:
-        from .instances import Registry
+    from .instances import live_records
 
-        try:
-            instances = Registry().all()
-        except OSError:
-            return []
-    return [r for r in instances if r.is_live]
+    return live_records(instances)
 
 
 def _mib(value: float) -> float:
