@@ -796,6 +796,15 @@ def dashboard_cmd(ctx: click.Context, config_path: str | None, interval_s: float
         farewell = run_dashboard(load_config(config_path or ctx.obj["config"]), interval_s=interval_s)
     if farewell:
         click.echo(farewell)
+
+
+# --- benchmarks (the commands live in mcp_server/bench/cli.py) --------------------------------
+
+from .bench.cli import bench as _bench_group  # noqa: E402
+
+cli.add_command(_bench_group)
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="llama-pilot")
 

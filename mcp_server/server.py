@@ -180,6 +180,11 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
             # A fresh state: CPU is measured over the last 0.2 s, not since an earlier call.
             return await anyio.to_thread.run_sync(lambda: read_system(sampler_state=StatsState()))
 
+    # Benchmarks: run_benchmark, get_job, list_jobs, cancel_job, bench_results, reports://evalplus/...
+    from .bench.mcp_tools import register_bench_tools
+
+    register_bench_tools(mcp, config_path)
+
     return mcp
 
 

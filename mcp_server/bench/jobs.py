@@ -1,0 +1,304 @@
+"""Benchmarks as background jobs: detached processes whose state lives in a JSON file.
+
+The MCP server may end with the conversation, so a benchmark cannot live inside it. ``start_job``
+writes ``$LLAMA_PILOT_HOME/jobs/<id>.json`` and launches ``python -m mcp_server.bench.jobs run
+<file>`` in a new session (its own process group); that runner updates the file with status and
+progress (problems done / total) and the result. ``get_job`` reads the file (and notices a runner
+that died without reporting); ``cancel_job`` sends SIGTERM to the runner's process group: the
+runner stops, marks the job ``cancelled`` and the benchmark run stays resumable.
+
+Only one benchmark job runs at a time (two would measure each other); a second is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import psutil
+from pydantic import BaseModel, Field
+
+from .. import paths
+from ..errors import LlamaPilotError
+from . import BenchCancelled, now_iso, read_json, write_json
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+LIVE = ("queued", "running")
+
+
+class JobError(LlamaPilotError):
+    pass
+
+
+class JobProgress(BaseModel):
+    done: int = 0
+    total: int = 0
+    fraction: float = 0.0
+    message: str = ""
+
+
+class Job(BaseModel):
+    id: str
+    kind: Literal["evalplus", "speed"]
+    profile: str
+    params: dict[str, Any]
+    config_path: str | None
+    status: JobStatus
+    pid: int | None = None
+    pid_create_time: float | None = None
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    messages: list[str] = Field(default_factory=list, description="the runner's last status lines")
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    log_path: str
+
+
+def jobs_dir() -> Path:
+    path = paths.home() / "jobs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    with open(jobs_dir() / "lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _path(job_id: str) -> Path:
+    if not job_id or "/" in job_id or job_id.startswith("."):
+        raise JobError(f"no job {job_id!r}")
+    return jobs_dir() / f"{job_id}.json"
+
+
+def _pid_path(job_id: str) -> Path:
+    return jobs_dir() / f"{job_id}.pid"
+
+
+def _save(job: Job) -> None:
+    write_json(_path(job.id), job.model_dump(mode="json"))
+
+
+def _load(job_id: str) -> Job:
+    try:
+        return Job(**read_json(_path(job_id)))
+    except FileNotFoundError:
+        known = ", ".join(j.id for j in list_jobs()[:5]) or "none"
+        raise JobError(f"no job {job_id!r} (recent jobs: {known})") from None
+
+
+def _pid_of(job: Job) -> int | None:
+    if job.pid:
+        return job.pid
+    try:
+        return int(_pid_path(job.id).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(job: Job) -> bool:
+    pid = _pid_of(job)
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if job.pid_create_time and abs(proc.create_time() - job.pid_create_time) > 1.0:
+            return False  # the pid was reused
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _reconcile(job: Job) -> Job:
+    """A live-looking job whose runner is gone ended without reporting: mark it failed."""
+    if job.status in LIVE and _pid_of(job) and not _alive(job):
+        fresh = _load(job.id)  # the runner may have written its last state just now
+        if fresh.status in LIVE:
+            fresh.status = "failed"
+            fresh.ended_at = now_iso()
+            fresh.error = fresh.error or (f"the job's process (pid {_pid_of(job)}) ended without reporting; "
+                                          f"see {job.log_path}")
+            _save(fresh)
+        return fresh
+    return job
+
+
+def get_job(job_id: str) -> Job:
+    return _reconcile(_load(job_id))
+
+
+def list_jobs(limit: int = 50) -> list[Job]:
+    jobs = []
+    for path in sorted(jobs_dir().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]:
+        try:
+            jobs.append(_reconcile(Job(**read_json(path))))
+        except (OSError, ValueError, TypeError):
+            continue
+    return jobs
+
+
+def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str, Any],
+              config_path: str | os.PathLike[str] | None) -> Job:
+    """Launch a detached benchmark runner; refuses while another benchmark job runs."""
+    with _lock():
+        running = [j for j in list_jobs() if j.status in LIVE]
+        if running:
+            raise JobError(f"busy: benchmark job {running[0].id} is {running[0].status} "
+                           f"({running[0].progress.done}/{running[0].progress.total}); wait for it or cancel it")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        job_id = f"{kind}-{profile}-{stamp}-{secrets.token_hex(2)}"
+        log_path = jobs_dir() / f"{job_id}.log"
+        job = Job(id=job_id, kind=kind, profile=profile, params=params,
+                  config_path=str(Path(config_path).resolve()) if config_path else None, status="queued",
+                  created_at=now_iso(), log_path=str(log_path))
+        _save(job)
+        env = {**os.environ, paths.HOME_ENV: str(paths.home().resolve())}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "mcp_server.bench.jobs", "run", str(_path(job_id))],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, cwd=str(Path(config_path).resolve().parent)
+                                    if config_path else None)
+        # The runner owns the job file from now on; the launcher's pid goes beside it, so a runner
+        # that dies before it writes its first state is still noticed.
+        _pid_path(job_id).write_text(str(proc.pid))
+        job.pid = proc.pid
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap it if we outlive it
+        return job
+
+
+def cancel_job(job_id: str, timeout_s: float = 20.0) -> Job:
+    """SIGTERM to the job's process group; SIGKILL if it has not ended after ``timeout_s``."""
+    job = get_job(job_id)
+    pid = _pid_of(job)
+    if job.status not in LIVE or not pid:
+        return job
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(job):
+        time.sleep(0.2)
+    if _alive(job):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    job = _load(job_id)
+    if job.status in LIVE:
+        job.status = "cancelled"
+        job.ended_at = now_iso()
+        job.error = job.error or "cancelled"
+        _save(job)
+    return job
+
+
+# --------------------------------------------------------------------------------------------
+# the runner (a separate process)
+
+
+class _Runner:
+    def __init__(self, job_file: Path) -> None:
+        self.file = job_file
+        self.job = Job(**read_json(job_file))
+        self.cancel = threading.Event()
+        self.last_write = 0.0
+        self.lock = threading.Lock()
+
+    def save(self, force: bool = False) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if force or now - self.last_write > 0.5:
+                write_json(self.file, self.job.model_dump(mode="json"))
+                self.last_write = now
+
+    def progress(self, done: int, total: int, message: str) -> None:
+        self.job.progress = JobProgress(done=done, total=total, fraction=round(done / total, 4) if total else 0.0,
+                                        message=message)
+        self.save(force=done >= total)
+
+    def say(self, message: str) -> None:
+        print(message, flush=True)
+        self.job.messages = [*self.job.messages[-19:], message]
+        self.save(force=True)
+
+    def run(self) -> None:
+        from ..profiles import load_config
+
+        job = self.job
+        signal.signal(signal.SIGTERM, lambda *_: self.cancel.set())
+        signal.signal(signal.SIGINT, lambda *_: self.cancel.set())
+        job.status, job.started_at, job.pid = "running", now_iso(), os.getpid()
+        try:
+            job.pid_create_time = psutil.Process().create_time()
+        except psutil.Error:
+            pass
+        self.save(force=True)
+        try:
+            config = load_config(job.config_path)
+            params = dict(job.params)
+            if job.kind == "evalplus":
+                from .evalplus_run import run_evalplus
+
+                run = run_evalplus(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
+                                   **params)
+                job.result = {"run_id": run.run_id, "run_dir": run.run_dir, "profile": run.profile,
+                              "problems": run.problems, "generated_now": run.generated_now,
+                              "scores": run.scores.model_dump() if run.scores else None,
+                              "generation_s": run.generation_s, "evaluation_s": run.evaluation_s}
+            else:
+                from .speed import run_speed
+
+                speed = run_speed(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
+                                  **params)
+                job.result = {"run_id": speed.run_id, "run_dir": speed.run_dir, "profile": speed.profile,
+                              "generation_tps": speed.generation_tps, "prompt_tps": speed.prompt_tps,
+                              "speed_label": speed.speed_label,
+                              "aggregate_tps": {p.concurrency: p.aggregate_tps.median for p in speed.concurrency},
+                              "profile_updated": bool(speed.profile_update and speed.profile_update.changed)}
+            job.status = "done"
+        except BenchCancelled as exc:
+            job.status, job.error = "cancelled", str(exc)
+        except LlamaPilotError as exc:
+            job.status, job.error = "failed", str(exc)
+        except BaseException as exc:  # the job file must say it failed, whatever it was
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            import traceback
+
+            traceback.print_exc()
+        job.ended_at = now_iso()
+        if job.status == "cancelled" and self.job.progress.message:
+            job.progress.message = f"cancelled at {job.progress.done}/{job.progress.total}"
+        self.save(force=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "run":
+        print("usage: python -m mcp_server.bench.jobs run JOB_FILE", file=sys.stderr)
+        raise SystemExit(2)
+    _Runner(Path(args[1])).run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # in-flight request threads of a cancelled run must not hold the process open
+
+
+if __name__ == "__main__":
+    main()
