@@ -232,3 +232,17 @@ async def test_mcp_run_benchmark_refuses_at_once_what_a_job_would_fail_on(write_
         assert (await client.call_tool("list_jobs", {})).structured_content["jobs"] == []
         results = (await client.call_tool("bench_results", {})).structured_content
         assert results["runs"] == [] and results["results_root"].endswith("bench")
+
+
+def test_a_killed_session_gets_its_wall_time_from_the_answers():
+    from mcp_server.bench.evalplus_run import _close_dead_sessions
+
+    manifest = {"sessions": [{"started_at": "2026-01-01T10:00:00+00:00", "pending": 3},
+                             {"started_at": "2026-01-01T11:00:00+00:00", "pending": 1, "wall_s": 5.0}]}
+    raw = [{"task_id": "a", "started_at": "2026-01-01T10:00:00+00:00", "elapsed_s": 30.0},
+           {"task_id": "b", "started_at": "2026-01-01T10:00:30+00:00", "elapsed_s": 40.5},
+           {"task_id": "c", "started_at": "2026-01-01T11:00:00+00:00", "elapsed_s": 5.0}]  # the next session's
+    _close_dead_sessions(manifest, raw)
+    first, second = manifest["sessions"]
+    assert (first["wall_s"], first["generated"]) == (70.5, 2) and "killed" in first["note"]
+    assert second == {"started_at": "2026-01-01T11:00:00+00:00", "pending": 1, "wall_s": 5.0}

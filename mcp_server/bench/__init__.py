@@ -41,6 +41,16 @@ class BenchCancelled(BenchError):
     """The run was cancelled (Ctrl-C, cancel_job); what was finished is kept and can be resumed."""
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for our own Python subprocesses: they import this same mcp_server (the one
+    running now), whatever an editable install or the working directory would otherwise pick."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    current = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + current if current else "")}
+    env.update(extra)
+    return env
+
+
 def results_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where runs are stored: explicit, else $LLAMA_PILOT_BENCH_DIR, else $LLAMA_PILOT_HOME/bench."""
     if explicit:

@@ -39,8 +39,8 @@ import httpx
 from pydantic import BaseModel
 
 from ..profiles import BENCH_PREFIX, Config, EditResult, Profile, create_profile, load_config, split_extra_args
-from . import (BenchCancelled, BenchError, Progress, list_runs, new_run_dir, now_iso, read_json, read_jsonl,
-               results_root, write_json)
+from . import (BenchCancelled, BenchError, Progress, child_env, list_runs, new_run_dir, now_iso, read_json,
+               read_jsonl, results_root, write_json)
 from .clientconf import ClientSettings, client_settings
 from .dataset import DatasetInfo, evalplus_cache_home, load_problems, locate_dataset, select, write_subset
 from .manifest import load_avg, server_manifest
@@ -324,9 +324,8 @@ def _evaluate(run_dir: Path, *, parallel: int, timeout_s: float, min_time_limit:
     results = run_dir / EVAL_RESULTS
     if results.exists():
         results.unlink()  # derived from samples.jsonl, which was just rewritten
-    env = {**os.environ, "HUMANEVAL_OVERRIDE_PATH": str(run_dir / "dataset.jsonl"),
-           "XDG_CACHE_HOME": str(evalplus_cache_home()), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1"}
+    env = child_env(HUMANEVAL_OVERRIDE_PATH=str(run_dir / "dataset.jsonl"), XDG_CACHE_HOME=str(evalplus_cache_home()),
+                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "mcp_server.bench.evalplus_run", "evaluate", str(run_dir / SAMPLES),
             "--parallel", str(parallel), "--min-time-limit", str(min_time_limit),
             "--gt-time-limit-factor", str(gt_time_limit_factor)]
@@ -413,6 +412,31 @@ def preflight(config: Config, profile_id: str, *, create_bench: bool = False, re
         locate_dataset(dataset, mini=mini)
 
 
+def _close_dead_sessions(manifest: dict[str, Any], raw: list[dict[str, Any]]) -> None:
+    """A generation session whose process was killed never wrote its end: reconstruct its wall time
+    from the answers that arrived during it (each has its start time and duration)."""
+    import datetime as dt
+
+    sessions = manifest.get("sessions") or []
+    for i, session in enumerate(sessions):
+        if "wall_s" in session or not session.get("started_at"):
+            continue
+        start = dt.datetime.fromisoformat(session["started_at"])
+        end_limit = dt.datetime.fromisoformat(sessions[i + 1]["started_at"]) if i + 1 < len(sessions) else None
+        ends, count = [], 0
+        for record in raw:
+            if not record.get("started_at"):
+                continue
+            began = dt.datetime.fromisoformat(record["started_at"])
+            if began >= start and (end_limit is None or began < end_limit):
+                ends.append(began + dt.timedelta(seconds=float(record.get("elapsed_s") or 0)))
+                count += 1
+        last = max(ends) if ends else start
+        session.update(wall_s=round((last - start).total_seconds(), 3), generated=count,
+                       ended_at=last.isoformat(timespec="seconds"),
+                       note="the process was killed; wall time reconstructed from the answers that arrived")
+
+
 def run_evalplus(config: Config, profile_id: str, *, dataset: str | os.PathLike[str] | None = None,
                  mini: bool = False, limit: int | None = None, tasks: list[str] | str | None = None,
                  results: str | os.PathLike[str] | None = None, resume: str | bool | None = None,
@@ -468,6 +492,7 @@ def run_evalplus(config: Config, profile_id: str, *, dataset: str | os.PathLike[
         write_json(run_dir / "manifest.json", manifest)
         say(f"run folder {run_dir}")
     raw_path = run_dir / RAW
+    _close_dead_sessions(manifest, read_jsonl(raw_path))
     done_ids = {r["task_id"] for r in read_jsonl(raw_path) if r.get("task_id") in problems}
     pending = [t for t in task_ids if t not in done_ids]
     resumed = bool(resume)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from .. import paths
 from ..errors import LlamaPilotError
-from . import BenchCancelled, now_iso, read_json, write_json
+from . import BenchCancelled, child_env, now_iso, read_json, write_json
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 LIVE = ("queued", "running")
@@ -168,7 +168,7 @@ def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str
                   config_path=str(Path(config_path).resolve()) if config_path else None, status="queued",
                   created_at=now_iso(), log_path=str(log_path))
         _save(job)
-        env = {**os.environ, paths.HOME_ENV: str(paths.home().resolve())}
+        env = child_env(**{paths.HOME_ENV: str(paths.home().resolve())})
         with open(log_path, "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "mcp_server.bench.jobs", "run", str(_path(job_id))],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,

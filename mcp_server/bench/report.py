@@ -63,6 +63,7 @@ class LocalRow(BaseModel):
     max_tokens: int | None
     concurrency: int | None
     generation_s: float | None
+    generation_sessions: int = 1
     evaluation_s: float | None
     dataset: str
     engine: str | None
@@ -182,7 +183,8 @@ def _row(config: Config | None, root: Path, manifest: dict[str, Any], refs: dict
         speed=speed, speed_source=speed_source, date=str(manifest.get("ended_at") or manifest.get("started_at"))[:10],
         run_id=manifest["run_id"], run_dir=str(run_dir), max_tokens=(manifest.get("settings") or {}).get("max_tokens"),
         concurrency=sessions[-1].get("concurrency") if sessions else None,
-        generation_s=timings.get("generation_s"), evaluation_s=timings.get("evaluation_s"),
+        generation_s=timings.get("generation_s"), generation_sessions=max(1, len(sessions)),
+        evaluation_s=timings.get("evaluation_s"),
         dataset=f"HumanEval+ {dataset.get('known_version') or '(unknown version)'}"
                 f"{' Mini' if dataset.get('variant') == 'mini' else ''}",
         engine=(f"llama.cpp b{engine['build_number']}" if engine.get("build_number")
@@ -291,7 +293,9 @@ def render_markdown(report: Report, chart_name: str | None) -> str:
         for row in report.rows:
             out.append(f"| {row.model} | `{row.profile}/{row.run_id}` | {row.dataset} | "
                        f"{row.base_passed} / {row.plus_passed} of {row.problems} | {row.max_tokens or '—'} | "
-                       f"{row.concurrency or '—'} | {_seconds(row.generation_s)} | {_seconds(row.evaluation_s)} | "
+                       f"{row.concurrency or '—'} | {_seconds(row.generation_s)}"
+                       f"{f' ({row.generation_sessions} sessions)' if row.generation_sessions > 1 else ''} | "
+                       f"{_seconds(row.evaluation_s)} | "
                        f"{row.engine or '—'} | {row.hardware or '—'} |")
         out.append("")
     out += ["## Notes", "",
