@@ -130,6 +130,73 @@ def validate_value(key: str, value: str, where: str = "") -> None:
         split_extra_args(value, key=key, where=where)
 
 
+# Keys whose value becomes one llama-server argument (or the engine, argv[0]). EXTRA_ARGS is the one
+# key that holds flags on purpose; NAME, DESCRIPTION, SPEED and the Docker image never reach argv.
+ARGV_KEYS = frozenset({s.key for s in PROFILE_KEYS if s.flag} | {"HOST", "ENGINE"})
+# A word that starts with '-' ("x.gguf --rpc host", "-ot"), at the start or after whitespace.
+_FLAG_WORD_RE = re.compile(r"(?:^|\s)-")
+
+
+def check_not_a_flag(key: str, value: str, where: str = "") -> None:
+    """Refuse a value for an argv key that contains a word that looks like a flag.
+
+    The argv is a list, so ``MODEL=x.gguf --rpc evil`` would reach llama-server as one odd file
+    name, not as a flag; but a value like that is never meant, and it would become a real flag the
+    moment anything joins the argv (a shell line, a compose file). Edits refuse it outright.
+    """
+    if key in ARGV_KEYS and _FLAG_WORD_RE.search(value):
+        raise ValidationError(key, value, "must not contain a word starting with '-' (it would be read as a flag); "
+                              "put llama-server flags in EXTRA_ARGS", where)
+
+
+# Settings that name a program, a folder or a network address for the whole host. Agents (the MCP
+# tools) may not change them: an agent picks among profiles and files under MODELS_DIR, nothing else.
+HOST_ONLY_FOR_PEOPLE = frozenset({"ENGINE", "MODELS_DIR", "HOST", "DOCKER_IMAGE"})
+# EXTRA_ARGS flags an agent may not add: they read or write files outside MODELS_DIR, fetch from
+# the network, or move the server off the address and port llama-pilot chose.
+AGENT_REFUSED_FLAGS = frozenset({
+    "-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token",
+    "-hfd", "-hfrd", "--hf-repo-draft", "-hfv", "-hfrv", "--hf-repo-v", "-hffv", "--hf-file-v", "-md",
+    "--model-draft", "-mv", "--model-vocoder", "--mmproj", "--mmproj-url", "--lora", "--lora-scaled",
+    "--control-vector", "--control-vector-scaled", "--rpc", "--host", "--port", "--path", "--api-prefix",
+    "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--slot-save-path", "--log-file",
+    "--chat-template-file", "--grammar-file", "-f", "--file", "-bf", "--binary-file", "-lcs", "--lookup-cache-static",
+    "-lcd", "--lookup-cache-dynamic", "--media-path", "--models-dir", "--models-preset", "--webui-config-file",
+    "--tools",
+})
+
+
+def check_agent_edit(config: "Config", key: str, value: str | None, where: str = "") -> None:
+    """The extra rules for edits made by an agent (MCP): see HOST_ONLY_FOR_PEOPLE, AGENT_REFUSED_FLAGS,
+    and MODEL must be a relative path that stays inside MODELS_DIR."""
+    if key in HOST_ONLY_FOR_PEOPLE:
+        raise ValidationError(key, value or "", "is a host setting only a person may change "
+                              "(llama-pilot set global ...)", where)
+    if value is None:
+        return
+    if key == "MODEL":
+        model_path_inside(config, value, where)
+    if key == "EXTRA_ARGS":
+        for word in split_extra_args(value, where=where):
+            flag = word.split("=", 1)[0]
+            if flag in AGENT_REFUSED_FLAGS:
+                raise ValidationError(key, value, f"{flag} reads files, reaches the network or moves the server; "
+                                      "agents may not set it (a person can, with llama-pilot set)", where)
+
+
+def model_path_inside(config: "Config", relative: str, where: str = "", key: str = "MODEL") -> Path:
+    """``relative`` resolved under MODELS_DIR; refuses absolute paths, '..' and symlinks leading out."""
+    root = Path(config.host.models_dir).resolve()
+    if not relative or relative.startswith(("/", "~")) or "\\" in relative or "\0" in relative:
+        raise ValidationError(key, relative, f"must be a path relative to MODELS_DIR ({root})", where)
+    if any(part == ".." for part in Path(relative).parts):
+        raise ValidationError(key, relative, "must not contain '..': paths stay inside MODELS_DIR", where)
+    resolved = (root / relative).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValidationError(key, relative, "leads outside MODELS_DIR (through a symlink)", where)
+    return resolved
+
+
 def _check_range(spec: KeySpec, number: float, raw: str, where: str) -> None:
     if spec.minimum is not None and number < spec.minimum:
         raise ValidationError(spec.key, raw, f"must be at least {spec.minimum:g}", where)
@@ -358,12 +425,19 @@ def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditR
                       dry_run=dry_run, backup=backup)
 
 
-def set_values(config: Config, profile_id: str, updates: dict[str, str], dry_run: bool = False) -> EditResult:
-    """Set keys of a profile (or of [global]); each changes one line or adds one line."""
+def set_values(config: Config, profile_id: str, updates: dict[str, str], dry_run: bool = False,
+               agent: bool = False) -> EditResult:
+    """Set keys of a profile (or of [global]); each changes one line or adds one line.
+
+    ``agent=True`` (the MCP tools) adds :func:`check_agent_edit`'s rules.
+    """
     section_id = _editable_section(config, profile_id)
     for key, value in updates.items():
         _check_key(key)
         validate_value(key, value, f"[{section_id}]")
+        check_not_a_flag(key, value, f"[{section_id}]")
+        if agent:
+            check_agent_edit(config, key, value, f"[{section_id}]")
 
     def mutate(doc: ConfDocument) -> None:
         if doc.section(section_id) is None:  # only [global] may be missing: create it on first use
@@ -374,9 +448,13 @@ def set_values(config: Config, profile_id: str, updates: dict[str, str], dry_run
     return _apply(config, section_id, mutate, dry_run)
 
 
-def unset_values(config: Config, profile_id: str, keys: list[str], dry_run: bool = False) -> EditResult:
+def unset_values(config: Config, profile_id: str, keys: list[str], dry_run: bool = False,
+                 agent: bool = False) -> EditResult:
     """Remove keys from a profile; MODEL cannot be removed."""
     section_id = _editable_section(config, profile_id)
+    if agent:
+        for key in keys:
+            check_agent_edit(config, key, None, f"[{section_id}]")
     section = config.document.section(section_id)
     missing = [k for k in keys if section is None or section.get(k) is None]
     if missing:
@@ -392,8 +470,46 @@ def unset_values(config: Config, profile_id: str, keys: list[str], dry_run: bool
     return _apply(config, section_id, mutate, dry_run)
 
 
+def update_profile(config: Config, profile_id: str, set: dict[str, str] | None = None,
+                   unset: list[str] | None = None, dry_run: bool = False, agent: bool = False) -> EditResult:
+    """Set some keys and remove others in one edit (one diff, one write): what ``update_model`` does."""
+    updates, removals = dict(set or {}), list(unset or [])
+    if not updates and not removals:
+        raise ValidationError("set/unset", "", "nothing to change: give keys to set or to unset")
+    if both := sorted(updates.keys() & removals):
+        raise ValidationError(both[0], "", "is both set and unset; pick one")
+    section_id = _editable_section(config, profile_id)
+    where = f"[{section_id}]"
+    for key, value in updates.items():
+        _check_key(key)
+        validate_value(key, value, where)
+        check_not_a_flag(key, value, where)
+        if agent:
+            check_agent_edit(config, key, value, where)
+    section = config.document.section(section_id)
+    missing = [k for k in removals if section is None or section.get(k) is None]
+    if missing:
+        raise ValidationError(missing[0], "", f"not set in {where}; set keys: "
+                              f"{', '.join(e.key for e in section.entries) if section else 'none'}")
+    if "MODEL" in removals and section_id != GLOBAL_SECTION:
+        raise ValidationError("MODEL", "", "is required; retire the profile instead of removing its model")
+    for key in removals:
+        if agent:
+            check_agent_edit(config, key, None, where)
+
+    def mutate(doc: ConfDocument) -> None:
+        if doc.section(section_id) is None:
+            doc.add_section(section_id, [])
+        for key, value in updates.items():
+            doc.set(section_id, key, value)
+        for key in removals:
+            doc.unset(section_id, key)
+
+    return _apply(config, section_id, mutate, dry_run)
+
+
 def create_profile(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None = None,
-                   dry_run: bool = False) -> EditResult:
+                   dry_run: bool = False, agent: bool = False) -> EditResult:
     """Append a new ``[profile_id]`` section at the end of the file."""
     if not SECTION_ID_RE.match(profile_id) or profile_id == GLOBAL_SECTION:
         raise ValidationError("profile", profile_id, "ids are letters, digits, '-', '_' and '.'; 'global' is reserved")
@@ -406,6 +522,12 @@ def create_profile(config: Config, profile_id: str, values: dict[str, str], comm
         if KEYS.get(key) and KEYS[key].scope == "host":
             raise ValidationError(key, value, "is a host setting; it belongs in [global]")
         validate_value(key, value, f"[{profile_id}]")
+        check_not_a_flag(key, value, f"[{profile_id}]")
+        if agent:
+            check_agent_edit(config, key, value, f"[{profile_id}]")
+    for comment in comments or []:
+        if "\n" in comment or "\r" in comment:
+            raise ValidationError("comment", comment, "a comment must fit on one line")
 
     def mutate(doc: ConfDocument) -> None:
         doc.add_section(profile_id, list(values.items()), comments=list(comments or []))
@@ -416,6 +538,8 @@ def create_profile(config: Config, profile_id: str, values: dict[str, str], comm
 def retire_profile(config: Config, profile_id: str, note: str | None = None, dry_run: bool = False) -> EditResult:
     """Comment the profile out (the original's convention) instead of deleting it."""
     config.profile(profile_id)
+    if note is not None and ("\n" in note or "\r" in note):
+        raise ValidationError("note", note, "a note must fit on one line")
 
     def mutate(doc: ConfDocument) -> None:
         doc.retire_section(profile_id, note=note)
