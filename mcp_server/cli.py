@@ -240,6 +240,26 @@ def create(ctx: click.Context, profile: str, assignments: tuple[str, ...], comme
     _render_edit(result, as_json)
 
 
+@cli.command("update-model")
+@click.argument("profile")
+@click.argument("assignments", nargs=-1)
+@click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Key to remove (repeatable).")
+@dry_run_option
+@json_option
+@click.pass_context
+def update_model_cmd(ctx: click.Context, profile: str, assignments: tuple[str, ...], unset_keys: tuple[str, ...],
+                     dry_run: bool, as_json: bool) -> None:
+    """Set KEY=VALUE pairs and remove --unset KEYs in PROFILE, as one edit (the MCP tool update_model)."""
+    from .profiles import update_profile
+
+    if not assignments and not unset_keys:
+        raise click.UsageError("give KEY=VALUE pairs to set and/or --unset KEY")
+    updates = _parse_assignments(assignments)
+    with cli_errors():
+        result = update_profile(_config(ctx), profile, set=updates, unset=list(unset_keys), dry_run=dry_run)
+    _render_edit(result, as_json)
+
+
 @cli.command()
 @click.argument("profile")
 @click.option("--note", help="Why it was retired (written as a comment above it).")
@@ -471,6 +491,10 @@ def inspect_cmd(file: str, show_tensors: bool, as_json: bool) -> None:
             data.pop("tensors")
         data["metadata"] = {k: v for k, v in data["metadata"].items() if not isinstance(v, list) or len(v) <= 64}
         return emit_json(data)
+    _print_inspection(info, file, show_tensors)
+
+
+def _print_inspection(info: Any, file: str, show_tensors: bool) -> None:
     gib = 1024**3
     click.echo(f"{info.name or Path(file).name}: {info.architecture}, {info.n_layer} layers, "
                f"{info.parameters / 1e9:.2f} B parameters, {info.total_bytes / gib:.2f} GiB in {len(info.shards)} file(s)")
@@ -534,6 +558,126 @@ def estimate_cmd(ctx: click.Context, profile: str, gpus: str | None, as_json: bo
     click.echo(_table(rows, ["DEVICE", "WEIGHTS", "KV", "RECURRENT", "COMPUTE", "OVERHEAD", "TOTAL MiB", "SIZE", "FITS"]))
     for note in result.notes:
         click.echo(f"note: {note}")
+
+
+@cli.command("inspect-gguf")
+@click.argument("path")
+@click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor.")
+@json_option
+@click.pass_context
+def inspect_gguf_cmd(ctx: click.Context, path: str, show_tensors: bool, as_json: bool) -> None:
+    """Inspect a GGUF named relative to MODELS_DIR (what the MCP tool inspect_gguf takes)."""
+    from .localmodels import inspect_model_file
+
+    with cli_errors():
+        info = inspect_model_file(_config(ctx), path, tensors=show_tensors)
+    if as_json:
+        return emit_json(info)
+    _print_inspection(info, path, show_tensors)
+
+
+@cli.command("list-local-models")
+@json_option
+@click.pass_context
+def list_local_models_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Every GGUF under MODELS_DIR: path for MODEL=, size, shards, architecture, quantization, users."""
+    from .localmodels import list_local_models
+
+    with cli_errors():
+        config = _config(ctx)
+        models = list_local_models(config)
+    if as_json:
+        return emit_json({"models_dir": config.host.models_dir, "models": models})
+    rows = [[m.path, f"{m.size_bytes / 1024**3:.2f}", f"{m.shards_present}/{m.shards}", m.architecture or "?",
+             m.quantization or "?", m.kind, ", ".join(m.used_by) or "-"] for m in models]
+    click.echo(_table(rows, ["PATH", "GiB", "SHARDS", "ARCH", "QUANT", "KIND", "PROFILES"]) if rows
+               else f"no .gguf files under {config.host.models_dir}")
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+@cli.command("diagnose")
+@click.argument("profile", required=False)
+@click.option("-n", "--lines", "log_lines", type=click.IntRange(0, 500), default=30, show_default=True,
+              help="Log lines to include.")
+@json_option
+@click.pass_context
+def diagnose_cmd(ctx: click.Context, profile: str | None, log_lines: int, as_json: bool) -> None:
+    """Why PROFILE failed (or will fail) to start, plus engine, GPUs, instances and ports."""
+    from .diagnosis import diagnose
+
+    with cli_errors():
+        report = diagnose(_config(ctx), profile, log_lines=log_lines)
+    if as_json:
+        return emit_json(report)
+    click.echo(report.verdict)
+    if report.diagnosis:
+        for line in report.diagnosis.evidence:
+            click.echo(f"  evidence: {line}")
+    for f in report.findings:
+        click.echo(f"  line {f.line}: {f.severity} {f.code}: {f.message}")
+    h = report.health
+    click.echo(f"engine: {h.engine.path} (build {h.engine.build_number}, {h.engine.backend})" if h.engine.found
+               else f"engine: {h.engine.error}")
+    click.echo(f"GPUs: {'; '.join(h.gpus.gpus)}" if h.gpus.gpus else f"GPUs: none ({h.gpus.reason})")
+    if h.instances:
+        click.echo(_instance_rows(h.instances))
+    for p in h.ports:
+        click.echo(f"port {p.port} ({', '.join(p.used_by)}): {'free' if p.free else 'held by ' + str(p.held_by)}")
+    if report.log_tail:
+        click.echo(f"last {len(report.log_tail)} log lines:")
+        for line in report.log_tail:
+            click.echo(f"  {line}")
+
+
+@cli.command("test-completion")
+@click.argument("profile")
+@click.option("--prompt", default="Write one sentence about the sea.", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 5), default=None)
+@json_option
+@click.pass_context
+def test_completion_cmd(ctx: click.Context, profile: str, prompt: str, max_tokens: int, temperature: float | None,
+                        as_json: bool) -> None:
+    """Ask a running PROFILE one question; print the answer and the server's measured speeds."""
+    from .completion import test_completion
+
+    with cli_errors():
+        check = test_completion(_runtime(ctx), profile, prompt=prompt, max_tokens=max_tokens,
+                                temperature=temperature)
+    if as_json:
+        return emit_json(check)
+    click.echo(check.text)
+    speed = (f", prompt {check.prompt_tokens_per_s:.1f} t/s, generation {check.generation_tokens_per_s:.1f} t/s"
+             if check.prompt_tokens_per_s and check.generation_tokens_per_s else "")
+    click.echo(f"({check.generated_tokens} tokens in {check.wall_s:.2f} s{speed}; finish: {check.finish_reason})",
+               err=True)
+
+
+# --- Claude Code -----------------------------------------------------------------------------
+
+
+@cli.command("install-claude")
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--python", "python", help="Python that runs the server (default: this one, "
+              "which has llama-pilot installed).")
+@click.option("--server-config", "server_config", type=click.Path(dir_okay=False),
+              help="models.conf the server should use (default: the project's ./models.conf).")
+@json_option
+def install_claude_cmd(directory: str, python: str | None, server_config: str | None, as_json: bool) -> None:
+    """Copy the add-model skill and the subagents into DIRECTORY/.claude/ and register the server in .mcp.json."""
+    from .claude_setup import install_claude
+
+    with cli_errors():
+        report = install_claude(directory, python=python,
+                                config=str(Path(server_config).resolve()) if server_config else None)
+    if as_json:
+        return emit_json(report)
+    for f in report.files:
+        click.echo(f"{f.action:9} {f.path}")
+    kept = f"; kept {', '.join(report.other_servers)}" if report.other_servers else ""
+    click.echo(f"server 'llama-pilot': {report.server['command']} {' '.join(report.server['args'])}{kept}")
 
 
 # --- engine, setup, demo ---------------------------------------------------------------------
@@ -803,6 +947,25 @@ def dashboard_cmd(ctx: click.Context, config_path: str | None, interval_s: float
 from .bench.cli import bench as _bench_group  # noqa: E402
 
 cli.add_command(_bench_group)
+
+
+# The MCP tool names as commands too (hidden from --help), so a tool name always works on the
+# command line: `llama-pilot start-model demo` is `llama-pilot start demo`.
+TOOL_ALIASES = {"list-models": "list", "get-model": "show", "lint-models": "lint", "create-model": "create",
+                "retire-model": "retire", "start-model": "start", "stop-model": "stop", "switch-model": "switch",
+                "tail-logs": "logs", "gpu-stats": "gpu", "system-stats": "stats"}
+
+
+def _add_aliases() -> None:
+    import copy
+
+    for alias, name in TOOL_ALIASES.items():
+        command = copy.copy(cli.commands[name])
+        command.hidden = True
+        cli.add_command(command, alias)
+
+
+_add_aliases()
 
 
 def main(argv: list[str] | None = None) -> None:
