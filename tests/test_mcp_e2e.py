@@ -1,0 +1,225 @@
+"""The MCP server as a client sees it: a real ``python -m mcp_server`` subprocess (stdio, and
+streamable HTTP), the real llama-server behind it.
+
+- the demo model: list tools, start, test_completion, tail_logs, stop;
+- a scripted agent adding a new (synthetic) model through MCP only, leaving a valid profile;
+- ``--http``: loopback only, and a bearer token when one is set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mcp import Client, StdioServerParameters
+
+from mcp_server.profiles import load_config, set_values
+from mcp_server.synth import DenseShape, write_dense
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def _stdio(conf: Path) -> StdioServerParameters:
+    # os.environ carries the test's LLAMA_PILOT_HOME and LLAMA_SERVER (conftest's isolated_home).
+    return StdioServerParameters(command=sys.executable, args=["-m", "mcp_server", "--config", str(conf)],
+                                 env={**os.environ})
+
+
+def _own_port(conf: Path, port: int) -> None:
+    """Keep these servers off 8080 and off the other suites' ports."""
+    set_values(load_config(conf), "global", {"PORT": str(port)})
+
+
+@pytest.mark.engine
+async def test_stdio_demo_start_complete_logs_stop(demo_project, engine_path):
+    _own_port(demo_project, 18280)
+    async with Client(_stdio(demo_project), read_timeout_seconds=300) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"start_model", "test_completion", "tail_logs", "stop_model", "diagnose"} <= names
+        progress: list[float] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            progress.append(done)
+
+        try:
+            started = await client.call_tool("start_model", {"profile": "demo"}, progress_callback=on_progress)
+            assert not started.is_error, started.content[0].text
+            assert started.structured_content["status"] == "ready"
+            assert progress and progress[-1] == 1.0
+            answer = await client.call_tool("test_completion", {"profile": "demo", "prompt": "The sky is",
+                                                                "max_tokens": 8, "temperature": 0})
+            assert not answer.is_error, answer.content[0].text
+            check = answer.structured_content
+            assert check["generated_tokens"] >= 1 and check["generation_tokens_per_s"] > 0
+            logs = (await client.call_tool("tail_logs", {"profile": "demo", "lines": 50})).structured_content
+            assert logs["lines"] and "not instructions" in logs["note"]
+            assert any("print_timing" in line for line in logs["lines"])  # the completion we just made
+            diagnosis = (await client.call_tool("diagnose", {"profile": "demo"})).structured_content
+            assert diagnosis["verdict"].startswith("demo: ready at http://127.0.0.1:18280")
+        finally:
+            stopped = await client.call_tool("stop_model", {"profile": "all"})
+        assert [v["status"] for v in stopped.structured_content["instances"]] == ["stopped"]
+
+
+ADDED_PROFILE = """
+# Tiny synthetic llama (random weights, mcp_server.synth): dense, 2 layers, 4 heads / 2 KV heads,
+# 2048-token training context, per inspect_gguf.
+# NOT YET TESTED
+[tiny-synth]
+NAME=Tiny synthetic llama
+DESCRIPTION=Random-weight test model added by the scripted add-model run
+MODEL=synth/tiny-llama.gguf
+CTX_SIZE=512
+PARALLEL=1
+"""
+
+
+@pytest.mark.engine
+async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_path):
+    """An agent's add-model run on a new file: inspect -> create -> lint -> start -> test -> stop."""
+    _own_port(demo_project, 18290)
+    # Phase 2 (download) is the user's: the file appears under the models directory.
+    write_dense(demo_project.parent / "models" / "synth" / "tiny-llama.gguf", DenseShape(), seed=7)
+    before = demo_project.read_text()
+    async with Client(_stdio(demo_project), read_timeout_seconds=300) as client:
+        tools = {t.name for t in (await client.list_tools()).tools}
+        local = (await client.call_tool("list_local_models", {})).structured_content["models"]
+        [new] = [m for m in local if not m["used_by"]]
+        assert new["path"] == "synth/tiny-llama.gguf" and new["complete"]
+
+        info = (await client.call_tool("inspect_gguf", {"path": new["path"]})).structured_content
+        assert (info["architecture"], info["n_layer"], info["n_ctx_train"]) == ("llama", 2, 2048)
+        assert (max(info["n_head"]), max(info["n_head_kv"])) == (4, 2)
+        if "estimate_fit" in tools:
+            pass  # the placement step is added with the placement tools
+
+        values = {"NAME": "Tiny synthetic llama",
+                  "DESCRIPTION": "Random-weight test model added by the scripted add-model run",
+                  "MODEL": new["path"], "CTX_SIZE": "512", "PARALLEL": "1"}
+        comments = [f"Tiny synthetic llama (random weights, mcp_server.synth): dense, {info['n_layer']} layers, "
+                    f"{max(info['n_head'])} heads / {max(info['n_head_kv'])} KV heads,",
+                    f"{info['n_ctx_train']}-token training context, per inspect_gguf.", "NOT YET TESTED"]
+        preview = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
+                                                          "comments": comments, "dry_run": True})
+        assert preview.structured_content["dry_run"] and demo_project.read_text() == before
+        created = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
+                                                          "comments": comments})
+        assert not created.is_error, created.content[0].text
+
+        lint = (await client.call_tool("lint_models", {"profile": "tiny-synth"})).structured_content
+        assert lint["errors"] == 0, lint
+        try:
+            started = await client.call_tool("start_model", {"profile": "tiny-synth"})
+            assert not started.is_error, started.content[0].text
+            answer = await client.call_tool("test_completion", {"profile": "tiny-synth", "max_tokens": 4})
+            assert not answer.is_error, answer.content[0].text
+            assert answer.structured_content["generated_tokens"] >= 1
+        finally:
+            stopped = await client.call_tool("stop_model", {"profile": "tiny-synth"})
+        assert stopped.structured_content["instances"][0]["status"] == "stopped"
+
+    assert demo_project.read_text() == before.rstrip("\n") + "\n" + ADDED_PROFILE
+    profile = load_config(demo_project).profile("tiny-synth")
+    assert profile.model == "synth/tiny-llama.gguf" and profile.ctx_size == 512
+
+
+async def test_stdio_refusals_reach_the_client(write_conf):
+    conf = write_conf("[global]\nMODELS_DIR=models\n\n[alpha]\nMODEL=a.gguf\n")
+    async with Client(_stdio(conf)) as client:
+        start = await client.call_tool("start_model", {"profile": "alpha"})
+        assert start.is_error and "model-missing" in start.content[0].text
+        edit = await client.call_tool("update_model", {"profile": "alpha", "set": {"MODEL": "x.gguf --rpc evil"}})
+        assert edit.is_error and "read as a flag" in edit.content[0].text
+
+
+# --- streamable HTTP ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_http(conf: Path, port: int, token: str | None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_PILOT_MCP_TOKEN"}
+    if token:
+        env["LLAMA_PILOT_MCP_TOKEN"] = token
+    proc = subprocess.Popen([sys.executable, "-m", "mcp_server", "--config", str(conf), "--http", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the HTTP server did not listen within 30 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+CONF = "[global]\nMODELS_DIR=models\n\n[alpha]\nNAME=Alpha\nMODEL=a.gguf\n"
+
+
+async def test_http_serves_on_loopback_only(write_conf):
+    port = _free_port()
+    proc = _serve_http(write_conf(CONF), port, token=None)
+    try:
+        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            result = await client.call_tool("list_models", {})
+        assert result.structured_content["models"][0]["name"] == "Alpha"
+    finally:
+        _stop(proc)
+
+
+async def test_http_bearer_token(write_conf):
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    proc = _serve_http(write_conf(CONF), port, token="s3cret-token")
+    try:
+        async with httpx2.AsyncClient() as raw:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            assert (await raw.post(url, json=body)).status_code == 401
+            wrong = await raw.post(url, json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        http = create_mcp_http_client(headers={"Authorization": "Bearer s3cret-token"})
+        async with http, Client(streamable_http_client(url, http_client=http)) as client:
+            result = await client.call_tool("list_models", {})
+        assert result.structured_content["models"][0]["profile"] == "alpha"
+    finally:
+        _stop(proc)
+
+
+def test_http_offers_no_host_option():
+    result = subprocess.run([sys.executable, "-m", "mcp_server", "--http", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unrecognized arguments: --host" in result.stderr
