@@ -515,49 +515,126 @@ def _print_inspection(info: Any, file: str, show_tensors: bool) -> None:
                           ["TENSOR", "TYPE", "SHAPE", "BYTES"]))
 
 
-def _parse_gpus(spec: str) -> list[float]:
-    sizes = []
-    for part in spec.split(","):
-        part = part.strip().lower()
-        for unit, factor in (("gib", 1024.0), ("gb", 1000**3 / 2**20), ("mib", 1.0), ("g", 1024.0)):
-            if part.endswith(unit):
-                try:
-                    sizes.append(float(part[: -len(unit)]) * factor)
-                except ValueError:
-                    break
-                break
-        else:
-            raise click.UsageError(f"--gpus: {part!r} is not a size like 24GiB")
-    return sizes
+def _device_rows(devices: list[Any]) -> str:
+    rows = [[d.device, f"{d.weights_mib:.0f}", f"{d.kv_cache_mib:.0f}", f"{d.recurrent_mib:.0f}",
+             f"{d.compute_mib:.0f}", f"{d.overhead_mib:.0f}", f"{d.total_mib:.0f} ±{d.uncertainty_mib:.0f}",
+             f"{d.capacity_mib:.0f}" if d.capacity_mib else "",
+             "yes" if d.fits else ("NO" if d.fits is False else "")] for d in devices]
+    return _table(rows, ["DEVICE", "WEIGHTS", "KV", "RECURRENT", "COMPUTE", "OVERHEAD", "TOTAL MiB", "SIZE", "FITS"])
+
+
+def _inventory_line(inv: Any) -> str:
+    if not inv.gpus:
+        return f"GPUs: none{f' ({inv.note})' if inv.note else ''}: CPU only"
+    return "GPUs (" + inv.source + "): " + ", ".join(
+        f"{g.device} {g.name + ' ' if g.name else ''}{g.free_mib:.0f} MiB free" for g in inv.gpus)
 
 
 @cli.command("estimate")
 @click.argument("profile")
-@click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB (default: none, CPU only).")
+@click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB, or 'none' (default: the GPUs NVML sees).")
+@click.option("--oracle", is_flag=True, help="Also ask llama-fit-params (llama.cpp's dry run) and show both.")
+@click.option("--no-fit", "no_fit", is_flag=True, help="Do not replay llama-server's --fit.")
 @json_option
 @click.pass_context
-def estimate_cmd(ctx: click.Context, profile: str, gpus: str | None, as_json: bool) -> None:
+def estimate_cmd(ctx: click.Context, profile: str, gpus: str | None, oracle: bool, no_fit: bool,
+                 as_json: bool) -> None:
     """Predict per-device memory for PROFILE: weights, KV cache, compute, overhead, fits or not."""
-    from .argv import launch_spec
-    from .estimate import estimate, settings_from_argv
-    from .gguf_inspect import inspect_gguf
+    from .placement import estimate_profile
 
-    capacities = _parse_gpus(gpus) if gpus else []
     with cli_errors():
-        config = _config(ctx)
-        prof = config.profile(profile)
-        spec = launch_spec(prof, config)
-        result = estimate(inspect_gguf(spec.model_path), settings_from_argv(spec.argv), capacities)
+        result = estimate_profile(_config(ctx), profile, gpus, oracle=oracle, replay_fit=not no_fit)
     if as_json:
         return emit_json(result)
-    rows = [[d.device, f"{d.weights_mib:.0f}", f"{d.kv_cache_mib:.0f}", f"{d.recurrent_mib:.0f}",
-             f"{d.compute_mib:.0f}", f"{d.overhead_mib:.0f}", f"{d.total_mib:.0f} ±{d.uncertainty_mib:.0f}",
-             f"{d.capacity_mib:.0f}" if d.capacity_mib else "", "yes" if d.fits else ("NO" if d.fits is False else "")]
-            for d in [*result.devices, result.host]]
-    click.echo(f"context {result.n_ctx}, {result.slots} slots ({'unified' if result.unified_kv else 'per slot'} KV)")
-    click.echo(_table(rows, ["DEVICE", "WEIGHTS", "KV", "RECURRENT", "COMPUTE", "OVERHEAD", "TOTAL MiB", "SIZE", "FITS"]))
-    for note in result.notes:
+    est = result.estimate
+    click.echo(_inventory_line(result.inventory))
+    click.echo(f"context {est.n_ctx}, {est.slots} slots ({'unified' if est.unified_kv else 'per slot'} KV); "
+               f"overhead per GPU {result.overhead_mib:.0f} MiB: {result.overhead_source}")
+    if result.fit and result.fit.changed:
+        f = result.fit
+        what = []
+        if f.n_ctx:
+            what.append(f"-c {f.n_ctx}")
+        if f.n_gpu_layers is not None:
+            what.append(f"-ngl {f.n_gpu_layers} -ts {','.join(map(str, f.tensor_split))}")
+        if f.experts_on_cpu_layers:
+            what.append(f"experts of {len(f.experts_on_cpu_layers)} layers on the CPU")
+        click.echo(f"--fit (on) would choose: {'; '.join(what) or 'nothing new'} (replayed)")
+    click.echo(_device_rows([*est.devices, est.host]))
+    for note in [*est.notes, *(result.fit.notes if result.fit else [])]:
         click.echo(f"note: {note}")
+    if result.measured:
+        m = result.measured
+        click.echo(f"measured {m.at} (build {m.build}):")
+        rows = [[d.device, f"{d.predicted_mib:.0f}" if d.predicted_mib is not None else "",
+                 f"{d.logged_mib:.0f}" if d.logged_mib is not None else "",
+                 f"{d.nvml_mib:.0f}" if d.nvml_mib is not None else "",
+                 f"{d.error_mib:+.0f}" if d.error_mib is not None else ""] for d in m.devices]
+        click.echo(_table(rows, ["DEVICE", "PREDICTED", "LOGGED", "NVML", "ERROR"]))
+    if result.oracle:
+        rows = [[dev, str(v["model"]), str(v["context"]), str(v["compute"])] for dev, v in result.oracle.items()]
+        click.echo("llama-fit-params (llama.cpp's own dry run, MiB):")
+        click.echo(_table(rows, ["DEVICE", "MODEL", "CONTEXT", "COMPUTE"]))
+
+
+@cli.command("plan")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ctx", "n_ctx", type=click.IntRange(0), default=0, show_default=True, help="Context tokens (0: training context).")
+@click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB (default: free memory NVML sees now).")
+@click.option("--kv", "kv_type", default="f16", show_default=True, help="KV cache type (f16, q8_0, q4_0, ...).")
+@click.option("--slots", type=click.IntRange(1), default=1, show_default=True, help="Parallel requests.")
+@click.option("--reserve", "reserve_mib", type=click.FloatRange(0), default=384, show_default=True,
+              help="MiB to keep free per GPU beyond the estimate.")
+@click.option("--write", "write_profile", help="Write the settings into this profile (shows the diff).")
+@dry_run_option
+@json_option
+@click.pass_context
+def plan_cmd(ctx: click.Context, file: str, n_ctx: int, gpus: str | None, kv_type: str, slots: int,
+             reserve_mib: float, write_profile: str | None, dry_run: bool, as_json: bool) -> None:
+    """Propose placement settings for a GGUF FILE on the GPUs, and optionally write them into a profile."""
+    from .placement import plan
+
+    with cli_errors():
+        config = _config(ctx) if write_profile else None
+        result = plan(file, n_ctx, gpus, kv_type=kv_type, slots=slots, reserve_mib=reserve_mib, config=config,
+                      write_profile=write_profile, dry_run=dry_run)
+    if as_json:
+        return emit_json(result)
+    p = result.plan
+    click.echo(_inventory_line(result.inventory))
+    click.echo(f"strategy: {p.strategy}; {p.gpu_weight_fraction:.0%} of the weights on the GPUs; context {p.ctx}")
+    for key, value in p.settings.items():
+        click.echo(f"  {key}={value}")
+    click.echo(_device_rows([*p.estimate.devices, p.estimate.host]))
+    for t in p.traded:
+        click.echo(f"traded: {t}")
+    for w in p.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if result.edit is not None:
+        _render_edit(result.edit, False)
+
+
+@cli.command("calibrate")
+@click.argument("profile")
+@click.option("--note", help="Free text stored with the measurement.")
+@json_option
+@click.pass_context
+def calibrate_cmd(ctx: click.Context, profile: str, note: str | None, as_json: bool) -> None:
+    """Measure running PROFILE (llama.cpp's log, NVML) against the estimate; later estimates use it."""
+    from .placement import calibrate
+
+    with cli_errors():
+        m = calibrate(_config(ctx), profile, note)
+    if as_json:
+        return emit_json(m)
+    rows = [[d.device, f"{d.predicted_mib:.0f}" if d.predicted_mib is not None else "",
+             f"{d.logged_mib:.0f}" if d.logged_mib is not None else "",
+             f"{d.nvml_mib:.0f}" if d.nvml_mib is not None else "",
+             f"{d.unaccounted_mib:.0f}" if d.unaccounted_mib is not None else "",
+             f"{d.error_mib:+.0f}" if d.error_mib is not None else ""] for d in m.devices]
+    click.echo(_table(rows, ["DEVICE", "PREDICTED", "LOGGED", "NVML", "UNACCOUNTED", "ERROR"]))
+    if m.note:
+        click.echo(f"note: {m.note}")
 
 
 @cli.command("inspect-gguf")

@@ -203,15 +203,19 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
     else:
         split = settings.tensor_split or [c for c in gpu_capacity_mib]
         gpu_ids = list(range(n_gpus))
-    if settings.fit and settings.n_gpu_layers < 0 and not settings.tensor_split and not settings.overrides:
+    if n_gpus and settings.fit and settings.n_gpu_layers < 0 and not settings.tensor_split and not settings.overrides:
         notes.append("fit is on and placement is left to it: this estimate is the placement before fit adjusts it")
     per_layer = layer_devices(info.n_layer, settings.n_gpu_layers if n_gpus else 0, split)
     dev_of_layer = [CPU if d == CPU else gpu_ids[min(d, len(gpu_ids) - 1)] for d in per_layer]
     output_dev = dev_of_layer[-1]
 
-    def add_weight(dev: int, t_type: str, shape: list[int], nbytes: int) -> None:
+    host_experts: list[int] = []
+
+    def add_weight(dev: int, t_type: str, shape: list[int], nbytes: int, kind: str = "") -> None:
         if dev == CPU:
             host.weights_mib += nbytes / MIB
+            if kind == "experts":
+                host_experts.append(cuda_alloc_bytes(t_type, shape, nbytes))
         else:
             devices[dev].weights_mib += cuda_alloc_bytes(t_type, shape, nbytes) / MIB
 
@@ -227,7 +231,7 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
             dev = dev_of_layer[t.layer] if t.layer < info.n_layer else output_dev
         else:
             dev = output_dev
-        add_weight(dev, t.type, t.shape, t.bytes)
+        add_weight(dev, t.type, t.shape, t.bytes, t.kind)
     if info.tied_embeddings and output_dev != CPU:
         embd = next((t for t in info.tensors if t.name == "token_embd.weight"), None)
         if embd is not None:  # the output layer gets its own copy of the embedding matrix
@@ -243,6 +247,11 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
         if dev != CPU and il not in target.layers:
             target.layers.append(il)
     _add_compute(info, settings, devices, host, dev_of_layer, n_ctx, slots)
+    if host_experts and gpu_ids:
+        # Op offload: a prompt batch multiplies CPU-resident experts on the GPU, copying the weight
+        # into the first GPU's compute buffer; ggml reserves room for the largest such tensor. H200
+        # probe: without this term --cpu-moe and --n-cpu-moe were 103-105 MiB under NVML.
+        devices[gpu_ids[0]].compute_mib += max(host_experts) / MIB
     for i, d in enumerate(devices):
         used = d.weights_mib + d.kv_cache_mib + d.recurrent_mib + d.compute_mib
         if used > 0 or i in gpu_ids:
@@ -284,6 +293,15 @@ def _row_bytes(cache_type: str, elements: int) -> int:
     return elements // block * size
 
 
+def _v_row(info: GGUFInspection, il: int) -> int:
+    """V elements per token of layer ``il`` (0 for layers without attention and for MLA, K only)."""
+    heads_kv = info.n_head_kv[il] if il < len(info.n_head_kv) else 0
+    if info.is_mla or heads_kv == 0 or il in info.recurrent_layers:
+        return 0
+    swa = il in info.swa_layers
+    return ((info.value_length_swa if swa and info.value_length_swa else info.value_length) or 0) * heads_kv
+
+
 def _layer_cache_bytes(info: GGUFInspection, s: Settings, il: int, n_ctx: int, slots: int,
                        unified: bool) -> tuple[int, int]:
     if il in info.recurrent_layers:
@@ -293,9 +311,13 @@ def _layer_cache_bytes(info: GGUFInspection, s: Settings, il: int, n_ctx: int, s
         return 0, 0
     swa = il in info.swa_layers
     k_len = (info.key_length_swa if swa and info.key_length_swa else info.key_length) or 0
-    v_len = (info.value_length_swa if swa and info.value_length_swa else info.value_length) or 0
     k_row = k_len * heads_kv
-    v_row = 0 if info.is_mla else v_len * heads_kv
+    # Without flash attention V is stored transposed, and every layer's V is as wide as the widest
+    # (llama-kv-cache.cpp, TAG_V_CACHE_VARIABLE); "auto" counts as on when the cache is created.
+    if s.flash_attn == "off":
+        v_row = max((_v_row(info, j) for j in range(info.n_layer)), default=0) if not info.is_mla else 0
+    else:
+        v_row = _v_row(info, il)
     streams = 1 if unified else slots
     cells = n_ctx if unified else n_ctx // slots
     if swa and not s.swa_full and info.sliding_window:
@@ -305,16 +327,26 @@ def _layer_cache_bytes(info: GGUFInspection, s: Settings, il: int, n_ctx: int, s
 
 
 def _recurrent_bytes(info: GGUFInspection, il: int, slots: int) -> int:
+    """Conv/shift state r plus recurrent state s, both F32, one row per sequence
+    (llama-hparams.cpp n_embd_r / n_embd_s, in the order llama.cpp checks them: RWKV, short
+    convolutions (LFM2), then Mamba / Mamba-2 / gated DeltaNet)."""
     arch, meta = info.architecture, info.metadata
+    n_embd = info.n_embd or 0
+    wkv = meta.get(f"{arch}.wkv.head_size")
+    l_cache = meta.get(f"{arch}.shortconv.l_cache")
     conv = meta.get(f"{arch}.ssm.conv_kernel")
     inner = meta.get(f"{arch}.ssm.inner_size")
-    state = meta.get(f"{arch}.ssm.state_size")
+    state = meta.get(f"{arch}.ssm.state_size") or 0
     groups = meta.get(f"{arch}.ssm.group_count", 0) or 0
-    if conv and inner and state:
-        r = (conv - 1) * (inner + 2 * groups * state)
-        s_ = state * inner
-        return 4 * (r + s_) * max(1, slots)
-    return 0
+    if wkv:
+        r, s_ = int(meta.get(f"{arch}.token_shift_count", 2)) * n_embd, n_embd * wkv
+    elif l_cache:
+        r, s_ = n_embd * (l_cache - 1), 0
+    elif conv and inner:
+        r, s_ = (conv - 1) * (inner + 2 * groups * state), state * inner
+    else:
+        return 0
+    return 4 * (r + s_) * max(1, slots)
 
 
 # --- compute buffers (approximate) ----------------------------------------------------------
