@@ -217,6 +217,11 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
 
     register_bench_tools(mcp, config_path)
 
+    # Placement: estimate_fit, plan_placement
+    from .placement_tools import register_placement_tools
+
+    register_placement_tools(mcp, config_path)
+
     return mcp
 
 

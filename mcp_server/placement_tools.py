@@ -1,0 +1,56 @@
+"""MCP tools for placement: estimate_fit and plan_placement (thin: validate, call placement, return)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from .errors import LlamaPilotError
+from .placement import PlanResult, ProfileEstimate, estimate_profile, plan
+from .profiles import load_config, model_path_inside
+
+ProfileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="profile id: a [section] of models.conf")]
+GpuSizes = Annotated[str | None, Field(
+    pattern=r"^[0-9A-Za-z., ]{0,80}$",
+    description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
+                "omit to use the free memory of the GPUs NVML sees now")]
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+# With write_profile, plan_placement overwrites placement keys of that profile (a backup is kept).
+PLANS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+def register_placement_tools(mcp: MCPServer, config_path: str | None) -> None:
+    @mcp.tool(annotations=READ_ONLY)
+    async def estimate_fit(profile: ProfileId, gpus: GpuSizes = None, oracle: bool = False) -> ProfileEstimate:
+        """Predict a profile's memory before starting it: per GPU and host RAM, weights, KV cache, recurrent state, compute buffers, runtime overhead, total, free after load, fits or not, with an uncertainty band; replays llama-server's default --fit when the profile leaves placement to it; shows the last real measurement of the same settings if `llama-pilot calibrate` recorded one. oracle=True also runs llama-fit-params (llama.cpp's dry run) for comparison."""
+        try:
+            config = load_config(config_path)
+            return await anyio.to_thread.run_sync(lambda: estimate_profile(config, profile, gpus, oracle=oracle))
+        except LlamaPilotError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @mcp.tool(annotations=PLANS)
+    async def plan_placement(
+        model: Annotated[str, Field(description="GGUF path relative to the models directory (the first shard of a split model)")],
+        ctx: Annotated[int, Field(ge=0, le=4_194_304, description="context tokens; 0 = the model's training context")] = 0,
+        gpus: GpuSizes = None,
+        kv_type: Annotated[str, Field(pattern=r"^(f32|f16|bf16|q8_0|q5_1|q5_0|q4_1|q4_0|iq4_nl)$")] = "f16",
+        slots: Annotated[int, Field(ge=1, le=64)] = 1,
+        reserve_mib: Annotated[float, Field(ge=0, le=16384, description="MiB kept free per GPU beyond the estimate")] = 384,
+        write_profile: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="an existing profile to write the settings into")] = None,
+        dry_run: bool = False,
+    ) -> PlanResult:
+        """Choose placement settings for a model on the GPUs: the whole model on one GPU if it fits, else a layer split sized to each GPU, else (MoE) routed experts moved to the CPU layer by layer while attention, shared experts and KV cache stay on the GPUs, else (dense) layers on the CPU with a warning, reducing the context last. Returns models.conf settings, the predicted per-device use and what was traded. write_profile writes the settings into that profile (one edit, diff returned; dry_run previews)."""
+        try:
+            config = load_config(config_path)
+            path = model_path_inside(config, model, key="model")
+            return await anyio.to_thread.run_sync(lambda: plan(
+                path, ctx, gpus, kv_type=kv_type, slots=slots, reserve_mib=reserve_mib, config=config,
+                write_profile=write_profile, dry_run=dry_run))
+        except LlamaPilotError as exc:
+            raise ToolError(str(exc)) from exc
