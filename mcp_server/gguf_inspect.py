@@ -265,6 +265,11 @@ def _describe(path: Path, meta: dict[str, Any], tensors: list[TensorInfo], shard
     pattern = get("attention.sliding_window_pattern")
     swa_layers = _swa_layers(arch, n_layer, window, pattern)
     recurrent = _recurrent_layers(arch, n_layer, meta, heads_kv)
+    if arch in _OUTPUT_NORM_AS_EMBD_NORM:
+        # LFM2 stores its final norm under the input-norm name; llama.cpp loads it as part of the
+        # output layer, so it follows the output layer's device, not the input's.
+        tensors = [t.model_copy(update={"kind": "output"}) if t.name == "token_embd_norm.weight" else t
+                   for t in tensors]
     n_vocab = get("vocab_size")
     if n_vocab is None and isinstance(meta.get("tokenizer.ggml.tokens"), int):
         n_vocab = meta["tokenizer.ggml.tokens"]
@@ -286,10 +291,19 @@ def _describe(path: Path, meta: dict[str, Any], tensors: list[TensorInfo], shard
         is_mla=get("attention.key_length_mla") is not None and get("attention.value_length_mla") is not None,
         kv_lora_rank=get("attention.kv_lora_rank"), recurrent_layers=recurrent,
         expert_count=int(get("expert_count", 0) or 0), expert_used_count=int(get("expert_used_count", 0) or 0),
-        expert_shared_count=int(get("expert_shared_count", 0) or 0),
+        expert_shared_count=int(get("expert_shared_count", 0) or 0) or _implicit_shared_experts(tensors),
         tied_embeddings=not any(t.name == "output.weight" for t in tensors),
         metadata=meta, tensors=tensors, bytes_by_kind=by_kind, total_bytes=sum(t.bytes for t in tensors),
         parameters=params)
+
+
+_OUTPUT_NORM_AS_EMBD_NORM = {"lfm2", "lfm2moe"}
+
+
+def _implicit_shared_experts(tensors: list[TensorInfo]) -> int:
+    """Architectures with one shared expert (qwen2moe, llama4, granite MoE shared) write no
+    expert_shared_count; their shared-expert tensors say it."""
+    return 1 if any(re.search(r"\.ffn_(up|gate|down)_shexp\.", t.name) for t in tensors) else 0
 
 
 # Architectures whose default SWA pattern applies when the GGUF has no explicit one

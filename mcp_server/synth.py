@@ -500,7 +500,7 @@ class Mamba2HybridShape(BaseModel):
     attention_layers: list[int] = Field(default_factory=lambda: [1, 3])
     n_embd: int = 64
     n_head: int = 4
-    n_head_kv: int = 2
+    n_head_kv: int | list[int] = Field(default=2, description="KV heads of the attention layers, or per layer")
     n_ff: int = 128
     ssm_conv_kernel: int = 4
     ssm_state: int = 16
@@ -516,13 +516,16 @@ def mamba2_hybrid_tensors(shape: Mamba2HybridShape) -> tuple[list[Tensor], dict[
     d_inner = 2 * e
     conv_dim = d_inner + 2 * s.ssm_groups * s.ssm_state
     head_dim = e // s.n_head
+    # head_count_kv 0 is what makes a layer recurrent for llama.cpp
+    heads_kv = [(s.n_head_kv[i] if isinstance(s.n_head_kv, list) else s.n_head_kv) if i in s.attention_layers else 0
+                for i in range(s.n_layer)]
     tensors: list[Tensor] = [("token_embd.weight", [e, s.n_vocab], t), ("output_norm.weight", [e], F32),
                              ("output.weight", [e, s.n_vocab], t)]
     for i in range(s.n_layer):
         b = f"blk.{i}."
         tensors += [(b + "attn_norm.weight", [e], F32)]
         if i in s.attention_layers:
-            tensors += _attn(b, e, e, head_dim * s.n_head_kv, t)
+            tensors += _attn(b, e, e, head_dim * heads_kv[i], t)
         else:
             tensors += [(b + "ssm_in.weight", [e, 2 * d_inner + 2 * s.ssm_groups * s.ssm_state + s.ssm_heads], t),
                         (b + "ssm_conv1d.weight", [s.ssm_conv_kernel, conv_dim], F32),
@@ -532,7 +535,6 @@ def mamba2_hybrid_tensors(shape: Mamba2HybridShape) -> tuple[list[Tensor], dict[
                         (b + "ssm_out.weight", [d_inner, e], t)]
         tensors += [(b + "ffn_norm.weight", [e], F32), *_ffn(b, e, s.n_ff, t)]
     a = "granitehybrid"
-    heads_kv = [s.n_head_kv if i in s.attention_layers else 0 for i in range(s.n_layer)]
     meta = _common(a, "synthetic-granitehybrid", s.n_layer, s.n_ctx_train, e, s.n_head, heads_kv)
     meta.update({f"{a}.feed_forward_length": s.n_ff, f"{a}.ssm.conv_kernel": s.ssm_conv_kernel,
                  f"{a}.ssm.inner_size": d_inner, f"{a}.ssm.state_size": s.ssm_state,
