@@ -1030,7 +1030,8 @@ cli.add_command(_bench_group)
 # command line: `llama-pilot start-model demo` is `llama-pilot start demo`.
 TOOL_ALIASES = {"list-models": "list", "get-model": "show", "lint-models": "lint", "create-model": "create",
                 "retire-model": "retire", "start-model": "start", "stop-model": "stop", "switch-model": "switch",
-                "tail-logs": "logs", "gpu-stats": "gpu", "system-stats": "stats"}
+                "tail-logs": "logs", "gpu-stats": "gpu", "system-stats": "stats", "estimate-fit": "estimate",
+                "plan-placement": "plan"}
 
 
 def _add_aliases() -> None:
