@@ -282,3 +282,16 @@ def test_sparse_moe_with_random_routers_loads_and_generates(engine_path, tmp_pat
     assert estimate(inspect_gguf(model), settings_from_argv(argv), []).host.weights_mib == pytest.approx(
         mapped, abs=0.006)
 
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_loads_and_generates_as_a_sparse_file(engine_path, tmp_path, family):
+    """The sparse form is what GPU measurements use at full size: zero weights must still load and run."""
+    (model,) = write_model(family, tmp_path / f"{family}.gguf", SHAPES[family], sparse=True)
+    info = inspect_gguf(model)
+    assert model.stat().st_blocks * 512 < info.total_bytes  # holes: less on disk than the tensors' size
+    argv, log, completion = _serve(engine_path, model, ["-c", "512", "-np", "1"], tmp_path / "server.log")
+    assert completion["tokens_predicted"] == 4
+    mapped = sum(d.weights_mib for d in parse_load_report(log).devices if d.device.startswith("CPU"))
+    assert estimate(info, settings_from_argv(argv), []).host.weights_mib == pytest.approx(mapped, abs=0.006)
