@@ -188,3 +188,13 @@ def test_new_commands_json_and_exit_codes(write_conf):
     assert run("--config", c, "update-model", "alpha", "MODEL=x.gguf --rpc evil").exit_code == 1
     assert run("--config", c, "update-model", "alpha", "CTX_SIZE=1024").exit_code == 0
     assert "CTX_SIZE=1024" in conf.read_text()
+
+
+def test_readme_and_user_guide_list_every_tool():
+    tools = _tool_names()
+    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs" / "user-guide.md").read_text()
+    assert f"All {len(tools)} tools" in readme
+    for tool in tools:
+        assert f"`{tool}`" in readme, tool
+        assert f"`{tool}`" in guide, tool
