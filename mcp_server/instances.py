@@ -73,6 +73,7 @@ class InstanceRecord(BaseModel):
     exit_code: int | None = None
     diagnosis: Diagnosis | None = None
     adopted: bool = False
+    stop_requested: bool = Field(default=False, description="a stop was asked for: the end is a stop, not a failure")
 
     @property
     def base_url(self) -> str:

@@ -172,6 +172,13 @@ class Runtime:
 
     def _mark_ended(self, record: InstanceRecord, state: ProcessState, *, timed_out: bool = False,
                     requested: bool = False) -> InstanceRecord:
+        current = self.registry.get(record.id)
+        if not requested and current is not None:
+            # Whoever notices the end first (a status call, the wait of a start whose caller
+            # cancelled) must not call a requested stop a failure, nor overwrite how it ended.
+            if not current.is_live:
+                return current
+            requested = current.stop_requested
         if requested:
             update = {"status": InstanceStatus.STOPPED, "exit_code": state.exit_code, "ended_at": time.time()}
         else:
@@ -339,6 +346,9 @@ class Runtime:
         return [_view(self._stop_one(r, grace_s)) for r in chosen]
 
     def _stop_one(self, record: InstanceRecord, grace_s: float) -> InstanceRecord:
+        with self.registry.lock():
+            record = (self.registry.get(record.id) or record).model_copy(update={"stop_requested": True})
+            self.registry.save(record)
         state = self.backend(record.backend).stop(record, grace_s)
         _wait_port_free(record.port, timeout_s=10)
         _wait_gpu_release(record.pid, timeout_s=15)

@@ -221,3 +221,47 @@ def test_http_offers_no_host_option():
     result = subprocess.run([sys.executable, "-m", "mcp_server", "--http", "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "unrecognized arguments: --host" in result.stderr
+
+
+@pytest.mark.engine
+async def test_failed_start_is_explained_by_diagnose(demo_project, engine_path):
+    _own_port(demo_project, 18300)
+    set_values(load_config(demo_project), "demo", {"EXTRA_ARGS": "--no-such-flag"})
+    async with Client(_stdio(demo_project), read_timeout_seconds=120) as client:
+        started = await client.call_tool("start_model", {"profile": "demo"})
+        assert started.is_error and "invalid-argument" in started.content[0].text
+        report = (await client.call_tool("diagnose", {"profile": "demo"})).structured_content
+    assert report["diagnosis"]["cause"] == "invalid-argument"
+    assert report["verdict"].startswith("demo: last start failed: llama-server rejected an argument")
+    assert any("no-such-flag" in line for line in report["diagnosis"]["evidence"] + report["log_tail"])
+    assert report["last_instance"]["status"] == "failed"
+
+
+@pytest.mark.engine
+async def test_cancelled_start_stops_the_server(demo_project, engine_path):
+    """A client that stops waiting (cancel) leaves no llama-server behind."""
+    import anyio
+
+    _own_port(demo_project, 18310)
+    async with Client(_stdio(demo_project), read_timeout_seconds=120) as client:
+        scope = anyio.CancelScope()
+        seen: list[float] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            seen.append(done)
+            if done < 1.0:
+                scope.cancel()  # still loading: the client gives up
+
+        with scope:
+            await client.call_tool("start_model", {"profile": "demo"}, progress_callback=on_progress)
+        if not scope.cancelled_caught:
+            pytest.skip(f"the demo model was ready before the first progress report ({seen}); nothing to cancel")
+        deadline = time.monotonic() + 30
+        while True:
+            views = (await client.call_tool("status", {})).structured_content["instances"]
+            live = [v for v in views if v["status"] in ("loading", "ready")]
+            if not live or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.2)
+    assert not live, live
+    assert [v["status"] for v in views if v["profile"] == "demo"] == ["stopped"]
