@@ -209,6 +209,10 @@ async def test_http_bearer_token(write_conf):
             assert (await raw.post(url, json=body)).status_code == 401
             wrong = await raw.post(url, json=body, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+            # The SDK's DNS-rebinding guard is on for loopback: a foreign Host is refused even with the token.
+            rebound = await raw.post(url, json=body, headers={"Authorization": "Bearer s3cret-token",
+                                                              "Host": "evil.example.com"})
+            assert rebound.status_code == 421
         http = create_mcp_http_client(headers={"Authorization": "Bearer s3cret-token"})
         async with http, Client(streamable_http_client(url, http_client=http)) as client:
             result = await client.call_tool("list_models", {})
