@@ -1031,14 +1031,17 @@ cli.add_command(_bench_group)
 TOOL_ALIASES = {"list-models": "list", "get-model": "show", "lint-models": "lint", "create-model": "create",
                 "retire-model": "retire", "start-model": "start", "stop-model": "stop", "switch-model": "switch",
                 "tail-logs": "logs", "gpu-stats": "gpu", "system-stats": "stats", "estimate-fit": "estimate",
-                "plan-placement": "plan"}
+                "plan-placement": "plan", "build-engine": "engine build"}
 
 
 def _add_aliases() -> None:
     import copy
 
-    for alias, name in TOOL_ALIASES.items():
-        command = copy.copy(cli.commands[name])
+    for alias, path in TOOL_ALIASES.items():
+        command: Any = cli
+        for name in path.split():
+            command = command.commands[name]
+        command = copy.copy(command)
         command.hidden = True
         cli.add_command(command, alias)
 

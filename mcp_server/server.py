@@ -24,6 +24,7 @@ from . import __version__
 from .catalog import ModelDetail, ModelSummary, get_model as core_get_model, list_models as core_list_models
 from .completion import CompletionCheck, test_completion as core_test_completion
 from .diagnosis import DiagnoseReport, diagnose as core_diagnose
+from .engine import EngineInfo
 from .localmodels import LocalModel, ModelFileInspection, inspect_model_file as core_inspect
 from .localmodels import list_local_models as core_list_local
 from .profiles import EditResult, create_profile as core_create, retire_profile as core_retire
@@ -211,6 +212,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     _register_profile_edits(mcp, config_path)
     _register_files_and_checks(mcp, config_path)
     _register_resources(mcp, config_path)
+    _register_engine_tools(mcp)
 
     # Benchmarks: run_benchmark, get_job, list_jobs, cancel_job, bench_results, reports://evalplus/...
     from .bench.mcp_tools import register_bench_tools
@@ -304,6 +306,55 @@ def _register_files_and_checks(mcp: MCPServer, config_path: str | Path | None) -
             return await anyio.to_thread.run_sync(
                 lambda: core_test_completion(Runtime(config), profile, prompt=prompt, max_tokens=max_tokens,
                                              temperature=temperature))
+
+
+# A build adds an engine to llama-pilot's cache and removes nothing; an existing identical build is
+# returned as it is, so a second call does not build again.
+BUILDS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+BUILD_STEPS = ("wait", "download", "extract", "configure", "compile", "install")
+
+
+class BuildCancelled(LlamaPilotError):
+    """The client stopped waiting; raised inside the build so it kills the running step."""
+
+
+def _register_engine_tools(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=BUILDS)
+    async def build_engine(
+        ctx: Context,
+        backend: Literal["auto", "cpu", "cuda"] = "auto",
+        cuda_arch: Annotated[str | None, Field(pattern=r"^[0-9]{2,3}[a-z]?(;[0-9]{2,3}[a-z]?)*$",
+                                               description="CUDA architectures such as '89;120' "
+                                                           "(default: the GPUs present)")] = None,
+        force: bool = False,
+    ) -> EngineInfo:
+        """Build llama-server (and llama-bench, llama-fit-params, ggml-rpc-server) from llama-pilot's pinned llama.cpp release into its cache: download, extract, configure, compile, install, with progress. Takes about 15 minutes on two CPU cores (longer with CUDA); returns at once when the same build already exists (force=True rebuilds). Only needed when status/diagnose report no engine. Cancelling kills the compiler; a failed build names the step and keeps its log."""
+        import threading
+
+        from . import engine as core
+
+        cancelled = threading.Event()
+        done = 0.0
+
+        def progress(step: str, fraction: float | None) -> None:
+            nonlocal done
+            if cancelled.is_set():
+                raise BuildCancelled("build cancelled by the client")
+            index = BUILD_STEPS.index(step) if step in BUILD_STEPS else 0
+            # A step's end stays just below the next step's start, so every step is reported.
+            overall = (index + 0.99 * (fraction or 0.0)) / len(BUILD_STEPS)
+            if overall > done:
+                done = overall
+                anyio.from_thread.run(ctx.report_progress, overall, 1.0, step)
+
+        with tool_errors():
+            plan = core.plan_build(None, backend=backend, cuda_architectures=cuda_arch)
+            try:
+                return await anyio.to_thread.run_sync(lambda: core.build_engine(plan, progress=progress, force=force),
+                                                      abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                cancelled.set()  # the worker raises at its next progress line, which kills the step
+                raise
 
 
 def _config_or_none(config_path: str | Path | None):  # type: ignore[no-untyped-def]

@@ -148,7 +148,7 @@ TOOL_COMMANDS = {
     "load_report": ["load-report"], "gpu_stats": ["gpu-stats"], "system_stats": ["system-stats"],
     "run_benchmark": ["bench", "speed"], "get_job": ["bench", "jobs"], "list_jobs": ["bench", "jobs"],
     "cancel_job": ["bench", "cancel"], "bench_results": ["bench", "results"],
-    "estimate_fit": ["estimate-fit"], "plan_placement": ["plan-placement"],
+    "estimate_fit": ["estimate-fit"], "plan_placement": ["plan-placement"], "build_engine": ["build-engine"],
 }
 
 
