@@ -84,6 +84,17 @@ CONFIGS: list[tuple[str, str, str, list[int] | None, dict[str, str]]] = [
                                       "TENSOR_SPLIT": "3,2"}),
     ("t3", "swa-12b", TWO, None, {"CTX_SIZE": "65536", "PARALLEL": "1", "N_GPU_LAYERS": "all", "TENSOR_SPLIT": "1,1"}),
     ("t4", "mla-16b", TWO, None, {"CTX_SIZE": "32768", "PARALLEL": "4", "N_GPU_LAYERS": "all", "TENSOR_SPLIT": "1,1"}),
+    # Added after the first run had calibrated the compute and overhead terms: held-out checks.
+    ("x1", "dense-8b", ONE, None, {"CTX_SIZE": "65536", "PARALLEL": "2", "N_GPU_LAYERS": "all", "UBATCH_SIZE": "1024",
+                                   "FLASH_ATTN": "on", "KV_CACHE_TYPE_K": "q8_0", "KV_CACHE_TYPE_V": "q8_0"}),
+    ("x2", "swa-12b", ONE, None, {"CTX_SIZE": "32768", "PARALLEL": "2", "N_GPU_LAYERS": "all", "FLASH_ATTN": "on",
+                                  "KV_CACHE_TYPE_K": "q8_0", "KV_CACHE_TYPE_V": "q8_0"}),
+    ("x3", "mla-16b", ONE, None, {"CTX_SIZE": "16384", "PARALLEL": "1", "N_GPU_LAYERS": "14"}),
+    ("x4", "moe-30b-a3b", TWO, None, {"CTX_SIZE": "131072", "PARALLEL": "1", "N_GPU_LAYERS": "all",
+                                      "TENSOR_SPLIT": "1,1", "FLASH_ATTN": "on", "KV_CACHE_TYPE_K": "q8_0",
+                                      "KV_CACHE_TYPE_V": "q8_0"}),
+    ("x5", "hybrid-mamba2", TWO, None, {"CTX_SIZE": "65536", "PARALLEL": "1", "N_GPU_LAYERS": "all",
+                                        "TENSOR_SPLIT": "1,1", "UBATCH_SIZE": "256"}),
     ("b1", "moe-30b-a3b", TWO, B24_16, {"PLAN": "32768"}),
     ("b2", "moe-30b-a3b", TWO, B24_16, {"CTX_SIZE": "32768", "PARALLEL": "1", "FIT": "on"}),
     ("b3", "swa-12b", TWO, B24_16, {"PLAN": "131072"}),
@@ -204,6 +215,9 @@ def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) 
         if "PLAN" in values:
             planned = plan(models[model][0], int(values.pop("PLAN")), declared, config=None)
             values.update(planned.plan.settings)
+        if planned is not None and "VISIBLE_DEVICES" in planned.plan.settings:
+            visible_text = planned.plan.settings["VISIBLE_DEVICES"]  # the plan runs on one GPU alone
+            visible = [int(v) for v in visible_text.split(",")]
         values.update({"MODEL": model_rel, "VISIBLE_DEVICES": visible_text})
         create_profile(load_config(conf), cid, values)
         config = load_config(conf)

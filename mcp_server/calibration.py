@@ -24,7 +24,7 @@ from typing import Iterator
 from pydantic import BaseModel, Field
 
 from . import paths
-from .estimate import DEFAULT_GPU_OVERHEAD_MIB, Estimate
+from .estimate import Estimate
 from .gguf_inspect import GGUFInspection
 
 # Flags that do not change memory: left out of the settings key.
@@ -121,15 +121,17 @@ def latest(key: CalibrationKey) -> Measurement | None:
     return same[-1] if same else None
 
 
-def overhead_for(gpu_name: str | None) -> tuple[float, str]:
-    """Per-GPU runtime overhead (MiB) to add to a GPU's buffers, and where the number comes from."""
+def overhead_for(gpu_name: str | None) -> tuple[float | None, str]:
+    """Per-GPU runtime overhead (MiB) to add to a GPU's buffers, and where the number comes from
+    (None: no measurement on this GPU model, the estimator's default for the model's kind applies)."""
     if gpu_name:
         gaps = [d.unaccounted_mib for m in measurements() if gpu_name in m.key.gpus for d in m.devices
                 if d.unaccounted_mib is not None and d.device.startswith("CUDA")
                 and m.key.gpus[int(d.device[4:])] == gpu_name]
         if gaps:
             return round(statistics.median(gaps), 1), f"median of {len(gaps)} measurement(s) on {gpu_name}"
-    return DEFAULT_GPU_OVERHEAD_MIB, "default (measured on an H200 with build 11434; run `llama-pilot calibrate`)"
+    return None, ("default by model kind, measured on H200s with build 11434 (606 MiB attention-only, 706 MoE/MLA/"
+                  "recurrent); `llama-pilot calibrate` measures this GPU")
 
 
 def compare(key: CalibrationKey, predicted: Estimate, logged_by_device: dict[str, float],

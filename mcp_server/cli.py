@@ -608,6 +608,8 @@ def plan_cmd(ctx: click.Context, file: str, n_ctx: int, gpus: str | None, kv_typ
     click.echo(_device_rows([*p.estimate.devices, p.estimate.host]))
     for t in p.traded:
         click.echo(f"traded: {t}")
+    for n in p.notes:
+        click.echo(f"note: {n}")
     for w in p.warnings:
         click.echo(f"warning: {w}", err=True)
     if result.edit is not None:

@@ -27,12 +27,21 @@ KV_TYPES: dict[str, tuple[int, int]] = {"f32": (1, 4), "f16": (1, 2), "bf16": (1
                                         "q5_1": (32, 24), "q5_0": (32, 22), "q4_1": (32, 20), "q4_0": (32, 18),
                                         "iq4_nl": (32, 18)}
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
-# Runtime memory llama.cpp does not log (CUDA context, cuBLAS workspace, pool) per GPU it touches.
-# Measured on an H200 with build 11434 (docs/gpu-validation/probe-h200-2026-11-29.jsonl): NVML
-# per-process memory minus the logged buffers was 588-589 MiB in all six settings after load, and
-# the pool grew by another 106 MiB with the first long prompt. Smaller GPUs reserve less (the
-# stack reservation scales with the number of SMs); per-GPU calibration is still to come.
-DEFAULT_GPU_OVERHEAD_MIB = 589.0
+# Runtime memory llama.cpp does not log (CUDA context, cuBLAS workspace, memory pool) per GPU:
+# NVML per-process memory minus the logged buffers after the first prompt, on H200s with build
+# 11434 (docs/gpu-validation/estimator.md): 600-612 MiB for attention-only models, 698-716 MiB
+# for MoE, MLA and recurrent ones (the pool grows ~100 MiB more under their kernels). A GPU the
+# process can see but puts nothing on still gets a context: 518 MiB. Other GPUs, drivers and
+# builds differ: `llama-pilot calibrate` measures them and later estimates use the measurement.
+OVERHEAD_ATTENTION_MIB = 606.0
+OVERHEAD_OTHER_MIB = 706.0
+IDLE_GPU_OVERHEAD_MIB = 518.0
+DEFAULT_GPU_OVERHEAD_MIB = OVERHEAD_OTHER_MIB  # the larger one, where the model is unknown
+
+
+def default_overhead(info: GGUFInspection) -> float:
+    plain = not info.expert_count and not info.recurrent_layers and not info.is_mla
+    return OVERHEAD_ATTENTION_MIB if plain else OVERHEAD_OTHER_MIB
 
 
 @dataclass
@@ -191,8 +200,13 @@ class Estimate(BaseModel):
 
 
 def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[float],
-             overhead_mib: float = DEFAULT_GPU_OVERHEAD_MIB) -> Estimate:
-    """Predict per-GPU and host memory for ``info`` run with ``settings`` on GPUs of the given sizes."""
+             overhead_mib: float | None = None) -> Estimate:
+    """Predict per-GPU and host memory for ``info`` run with ``settings`` on GPUs of the given sizes.
+
+    ``overhead_mib``: the per-GPU runtime overhead (a calibrated value); None = the default for
+    the model's kind. Every GPU in ``gpu_capacity_mib`` is visible to the process."""
+    if overhead_mib is None:
+        overhead_mib = default_overhead(info)
     n_gpus = len(gpu_capacity_mib)
     notes: list[str] = []
     devices = [DeviceEstimate(device=f"CUDA{i}", capacity_mib=gpu_capacity_mib[i]) for i in range(n_gpus)]
@@ -246,16 +260,20 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
         target.recurrent_mib += rs / MIB
         if dev != CPU and il not in target.layers:
             target.layers.append(il)
-    _add_compute(info, settings, devices, host, dev_of_layer, n_ctx, slots)
-    if host_experts and gpu_ids:
-        # Op offload: a prompt batch multiplies CPU-resident experts on the GPU, copying the weight
-        # into the first GPU's compute buffer; ggml reserves room for the largest such tensor. H200
-        # probe: without this term --cpu-moe and --n-cpu-moe were 103-105 MiB under NVML.
-        devices[gpu_ids[0]].compute_mib += max(host_experts) / MIB
+    # Pipeline parallelism (llama-context.cpp): several GPUs, every layer on them, split by layer,
+    # no tensor overrides: the scheduler keeps 4 copies of each split's inputs.
+    pipeline = (len({d for d in dev_of_layer if d != CPU}) > 1 and settings.split_mode == "layer"
+                and not settings.overrides and not settings.no_kv_offload and CPU not in dev_of_layer)
+    # Op offload: a prompt batch multiplies CPU-resident experts on the GPU, copying the weight
+    # into the first GPU's compute buffer; ggml reserves room for the largest such tensor.
+    offload_copy = max(host_experts) if host_experts and gpu_ids else 0
+    _add_compute(info, settings, devices, host, dev_of_layer, n_ctx, slots, unified, pipeline, offload_copy)
     for i, d in enumerate(devices):
         used = d.weights_mib + d.kv_cache_mib + d.recurrent_mib + d.compute_mib
         if used > 0 or i in gpu_ids:
             d.overhead_mib = overhead_mib
+        else:
+            d.overhead_mib = IDLE_GPU_OVERHEAD_MIB  # visible to the process: it still gets a context
         d.total_mib = round(used + d.overhead_mib, 1)
         # Weights and caches are exact; compute and overhead carry the uncertainty until calibrated.
         d.uncertainty_mib = round(max(0.25 * d.compute_mib + 150.0, 0.03 * d.total_mib), 1) if d.total_mib else 0.0
@@ -353,8 +371,10 @@ def _recurrent_bytes(info: GGUFInspection, il: int, slots: int) -> int:
 
 
 def _add_compute(info: GGUFInspection, s: Settings, devices: list[DeviceEstimate], host: DeviceEstimate,
-                 dev_of_layer: list[int], n_ctx: int, slots: int) -> None:
-    """Structural approximation (vram-estimation notes, section 4.2); calibration replaces the constants."""
+                 dev_of_layer: list[int], n_ctx: int, slots: int, unified: bool, pipeline: bool,
+                 offload_copy: int) -> None:
+    """Structural approximation of ggml's compute-buffer plan (vram-estimation notes, section 4.2),
+    with the terms the H200 matrix showed (docs/gpu-validation/estimator.md); calibration corrects it."""
     t = min(n_ctx, s.n_batch, s.n_ubatch)
     n_embd = info.n_embd or 0
     heads = max(info.n_head) if info.n_head else 0
@@ -366,14 +386,27 @@ def _add_compute(info: GGUFInspection, s: Settings, devices: list[DeviceEstimate
         ff_exp = int(info.metadata.get(f"{info.architecture}.expert_feed_forward_length", ff) or ff)
         ff = max(ff, info.expert_used_count * ff_exp)
     fa = s.flash_attn != "off"
-    mask = t * n_ctx * (2 if fa else 4)
-    layer_peak = 4 * t * (3 * n_embd + 3 * ff + 2 * heads * head_dim) + (0 if fa else 4 * n_ctx * t * heads)
+    # The KQ mask spans the cells one sequence stream can see: all of them with a unified cache.
+    cells = n_ctx if unified else n_ctx // max(slots, 1)
+    mask = t * cells * (2 if fa else 4)
+    layer_peak = 4 * t * (3 * n_embd + 3 * ff + 2 * heads * head_dim) + (0 if fa else 4 * cells * t * heads)
+    # Flash attention on a quantized cache converts the layer's K and V to F16 first.
+    quantized = s.cache_type_k not in ("f16", "f32", "bf16") or s.cache_type_v not in ("f16", "f32", "bf16")
+    dequant = 0
+    if fa and quantized:
+        k_row = max((info.key_length or 0) * max(info.n_head_kv or [0]), info.kv_lora_rank or 0)
+        v_row = 0 if info.is_mla else (info.value_length or 0) * max(info.n_head_kv or [0])
+        dequant = 2 * cells * (k_row + v_row)
     out_rows = min(t, slots)
     output = 4 * (info.n_vocab or 0) * out_rows + 4 * n_embd * t
     used = sorted({d for d in dev_of_layer if d != CPU})
-    for d in used:
+    for i, d in enumerate(used):
         is_output = dev_of_layer[-1] == d
-        devices[d].compute_mib += (mask + 4 * n_embd * t + max(layer_peak, output if is_output else 0)) / MIB
+        peak = max(layer_peak, output if is_output else 0, dequant, offload_copy if i == 0 else 0)
+        extra = 0
+        if pipeline:  # 3 more copies of the split's inputs (mask, embeddings); one more on the first GPU
+            extra = (4 if i == 0 else 3) * mask + 16 * MIB
+        devices[d].compute_mib += (mask + 4 * n_embd * t + peak + extra) / MIB
     cpu_layers = any(d == CPU for d in dev_of_layer[:-1])
     host.compute_mib += (mask + 4 * n_embd * t + (layer_peak if cpu_layers or not used else 0)) / MIB
     if dev_of_layer[-1] == CPU:

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
-from .estimate import DEFAULT_GPU_OVERHEAD_MIB, EXPS_PATTERN, Estimate, Settings, estimate
+from .estimate import EXPS_PATTERN, Estimate, Settings, estimate
 from .gguf_inspect import GGUFInspection
 
 FIT_MIN_CTX = 4096
@@ -46,7 +46,7 @@ def _fits(est: Estimate, limits: list[float]) -> bool:
 
 
 def emulate_fit(info: GGUFInspection, s: Settings, free_mib: list[float], *, ctx_was_set: bool,
-                overhead_mib: float = DEFAULT_GPU_OVERHEAD_MIB) -> tuple[Settings, FitOutcome]:
+                overhead_mib: float | None = None) -> tuple[Settings, FitOutcome]:
     """The settings llama-server ends up with after fit, and what fit changed."""
     limits = [f - m for f, m in zip(free_mib, _margins(s, len(free_mib)))]
     est = estimate(info, s, free_mib, overhead_mib)
@@ -73,7 +73,7 @@ def emulate_fit(info: GGUFInspection, s: Settings, free_mib: list[float], *, ctx
 
 
 def _shrink_ctx(info: GGUFInspection, s: Settings, free: list[float], limits: list[float],
-                overhead: float) -> tuple[Settings, Estimate]:
+                overhead: float | None) -> tuple[Settings, Estimate]:
     """Largest context (a multiple of 256 per stream, at least 4096) whose total fits all GPUs together."""
     streams = 1 if s.unified else s.slots
     step = 256 * streams
@@ -99,7 +99,7 @@ def _shrink_ctx(info: GGUFInspection, s: Settings, free: list[float], limits: li
 
 
 def _fill_layers(info: GGUFInspection, s: Settings, free: list[float], limits: list[float],
-                 overhead: float) -> tuple[Settings, Estimate, list[int], list[int]]:
+                 overhead: float | None) -> tuple[Settings, Estimate, list[int], list[int]]:
     if info.expert_count:
         return _fill_moe(info, s, free, limits, overhead)
     n_total = info.n_layer + 1
@@ -118,7 +118,7 @@ def _fill_layers(info: GGUFInspection, s: Settings, free: list[float], limits: l
 
 
 def _fill_moe(info: GGUFInspection, s: Settings, free: list[float], limits: list[float],
-              overhead: float) -> tuple[Settings, Estimate, list[int], list[int]]:
+              overhead: float | None) -> tuple[Settings, Estimate, list[int], list[int]]:
     """MoE: every layer on a GPU; front GPUs take whole layers while they fit, the last GPU takes
     the rest, of which the last ones keep only their dense part (experts on the CPU). That is where
     fit's back-to-front fill of expert-less layers and its front-to-back conversion to whole layers end."""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from . import calibration
 from .argv import launch_spec
 from .errors import LlamaPilotError, ValidationError
-from .estimate import DEFAULT_GPU_OVERHEAD_MIB, Estimate, settings_from_argv, estimate as core_estimate
+from .estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
 from .fit import FitOutcome, emulate_fit
 from .gguf_inspect import inspect_gguf
 from .planner import DEFAULT_RESERVE_MIB, Plan, plan_placement
@@ -81,6 +81,19 @@ def gpu_inventory(declared: str | None = None) -> Inventory:
     return Inventory(source="nvml" if slots else "none", gpus=slots, note=None if slots else report.reason)
 
 
+def visible_to(inventory: Inventory, visible: list[int] | None) -> Inventory:
+    """The GPUs a process with CUDA_VISIBLE_DEVICES=visible sees, renumbered CUDA0.. as llama.cpp does."""
+    if visible is None or not inventory.gpus:
+        return inventory
+    missing = [v for v in visible if v >= len(inventory.gpus)]
+    if missing:
+        raise ValidationError("VISIBLE_DEVICES", ",".join(map(str, visible)),
+                              f"GPU {missing[0]} is not in the inventory ({len(inventory.gpus)} GPU(s))")
+    gpus = [inventory.gpus[v].model_copy(update={"device": f"CUDA{i}"}) for i, v in enumerate(visible)]
+    note = f"VISIBLE_DEVICES={','.join(map(str, visible))}" + (f"; {inventory.note}" if inventory.note else "")
+    return Inventory(source=inventory.source, gpus=gpus, note=note)
+
+
 # --- estimate -----------------------------------------------------------------------------------
 
 
@@ -104,7 +117,7 @@ def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, o
     """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs."""
     spec = launch_spec(config.profile(profile), config)
     info = inspect_gguf(spec.model_path)
-    inventory = gpu_inventory(gpus)
+    inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
     settings = settings_from_argv(spec.argv)
     names = [g.name for g in inventory.gpus]
     overhead, source = calibration.overhead_for(names[0] if names and inventory.source == "nvml" else None)
@@ -117,7 +130,9 @@ def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, o
         result.notes = [n for n in result.notes if not n.startswith("fit is on")]
     measured = calibration.latest(calibration.key_for(info, spec.argv, names))
     return ProfileEstimate(profile=profile, model=spec.model_path, inventory=inventory, argv=spec.argv,
-                           estimate=result, fit=fit_outcome, overhead_mib=overhead, overhead_source=source,
+                           estimate=result, fit=fit_outcome,
+                           overhead_mib=overhead if overhead is not None else default_overhead(info),
+                           overhead_source=source,
                            measured=measured, oracle=fit_params_oracle(config, spec.argv) if oracle else None)
 
 
@@ -238,5 +253,5 @@ def _host_available_mib() -> float | None:
         return None
 
 
-__all__ = ["DEFAULT_GPU_OVERHEAD_MIB", "Inventory", "PlanResult", "ProfileEstimate", "estimate_profile",
+__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "estimate_profile",
            "fit_params_oracle", "gpu_inventory", "parse_gpu_sizes", "plan", "write_plan"]

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .errors import ValidationError
-from .estimate import CPU, DEFAULT_GPU_OVERHEAD_MIB, KV_TYPES, MIB, Estimate, Settings, cuda_alloc_bytes, estimate
+from .estimate import CPU, KV_TYPES, MIB, Estimate, Settings, cuda_alloc_bytes, estimate
 from .gguf_inspect import GGUFInspection
 
 Strategy = Literal["single-gpu", "layer-split", "moe-experts-cpu", "dense-spill", "cpu-only"]
@@ -51,11 +51,12 @@ class Plan(BaseModel):
     ctx: int
     traded: list[str] = Field(default_factory=list, description="what was given up to fit")
     warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 def plan_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int = 0, kv_type: str = "f16",
                    slots: int = 1, ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB,
-                   overhead_mib: float = DEFAULT_GPU_OVERHEAD_MIB, min_ctx: int = 4096,
+                   overhead_mib: float | None = None, min_ctx: int = 4096,
                    host_free_mib: float | None = None) -> Plan:
     """Plan settings for ``info`` on GPUs with the given free memory (MiB) at context ``ctx`` (0 = training)."""
     if kv_type not in KV_TYPES:
@@ -81,7 +82,10 @@ def plan_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int
         traded.append(f"context reduced from {requested} to {n_ctx} tokens")
     strategy, settings, _ = found
     # Report against what is free (the search compared with the budgets, i.e. free minus the reserve).
-    est = estimate(info, settings, list(gpus_free_mib), overhead_mib)
+    if strategy == "single-gpu":
+        est = estimate(info, replace(settings, main_gpu=0), [gpus_free_mib[settings.main_gpu]], overhead_mib)
+    else:
+        est = estimate(info, settings, list(gpus_free_mib), overhead_mib)
     return _describe(info, strategy, settings, est, budgets, requested, n_ctx, traded, host_free_mib)
 
 
@@ -95,14 +99,14 @@ def _fits(est: Estimate, budgets: list[float]) -> bool:
     return all(d.total_mib <= b for d, b in zip(est.devices, budgets))
 
 
-def _search(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float) -> Found | None:
+def _search(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
     if not budgets:
         return None
-    # 1. one GPU, largest budget first
+    # 1. one GPU, largest budget first (the process is then shown only that GPU: see _describe)
     for gpu in sorted(range(len(budgets)), key=lambda g: -budgets[g]):
         s = replace(base, split_mode="none", main_gpu=gpu, n_gpu_layers=-1)
-        est = estimate(info, s, budgets, overhead)
-        if est.devices[gpu].total_mib <= budgets[gpu]:
+        est = estimate(info, replace(s, main_gpu=0), [budgets[gpu]], overhead)
+        if est.devices[0].total_mib <= budgets[gpu]:
             return "single-gpu", s, est
     if len(budgets) > 1:
         # 2. every layer on the GPUs, split by layer counts
@@ -130,7 +134,7 @@ def _split_candidates(info: GGUFInspection, n_gpus: int) -> list[list[int]]:
     return [c for c in _layer_counts(total, n_gpus) if c[-1] > 0]  # the last GPU holds the output layer
 
 
-def _best_layer_split(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float) -> Found | None:
+def _best_layer_split(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
     best: tuple[float, Found] | None = None
     for counts in _split_candidates(info, len(budgets)):
         s = replace(base, split_mode="layer", n_gpu_layers=-1, tensor_split=[float(c) for c in counts])
@@ -168,7 +172,7 @@ def _expert_overrides(cpu_layers: list[int], partial: dict[int, tuple[str, ...]]
     return rules
 
 
-def _experts_to_cpu(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float) -> Found | None:
+def _experts_to_cpu(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
     """Layer ranges per GPU and expert layers per GPU that keep the most expert bytes on the GPUs."""
     experts = _expert_tensors(info)
     all_layers = sorted(experts)
@@ -238,7 +242,7 @@ def _shrink_until_fits(info: GGUFInspection, s: Settings, budgets: list[float], 
     return None
 
 
-def _dense_spill(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float) -> Found | None:
+def _dense_spill(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
     """Fewer layers on the GPUs (the first ones go to the CPU), split in proportion to the budgets."""
     for ngl in range(info.n_layer, 0, -1):
         s = replace(base, split_mode="layer" if len(budgets) > 1 else "none", n_gpu_layers=ngl,
@@ -250,7 +254,7 @@ def _dense_spill(info: GGUFInspection, base: Settings, budgets: list[float], ove
     return None
 
 
-def _cpu_only(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float) -> Found:
+def _cpu_only(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found:
     s = replace(base, n_gpu_layers=0, split_mode="none")
     return "cpu-only", s, estimate(info, s, [] if not budgets else budgets, overhead)
 
@@ -304,6 +308,15 @@ def settings_to_argv(values: dict[str, str]) -> list[str]:
 def _describe(info: GGUFInspection, strategy: Strategy, s: Settings, est: Estimate, budgets: list[float],
               requested: int, n_ctx: int, traded: list[str], host_free_mib: float | None) -> Plan:
     values, unset = settings_to_profile(s, len(budgets))
+    if strategy == "single-gpu" and len(budgets) > 1:
+        # Only the chosen GPU is made visible: llama.cpp would otherwise create a CUDA context
+        # (about 0.5 GiB) on every other GPU too. Inside the process that GPU is CUDA0.
+        values.update(VISIBLE_DEVICES=str(s.main_gpu), MAIN_GPU="0")
+        unset = [k for k in unset if k != "VISIBLE_DEVICES"]
+        notes = [f"runs on GPU {s.main_gpu} alone (VISIBLE_DEVICES={s.main_gpu}); the other GPUs stay free"]
+    else:
+        unset.append("VISIBLE_DEVICES")
+        notes = []
     gpu_w = sum(d.weights_mib for d in est.devices)
     total_w = gpu_w + est.host.weights_mib
     warnings: list[str] = []
@@ -338,4 +351,5 @@ def _describe(info: GGUFInspection, strategy: Strategy, s: Settings, est: Estima
     return Plan(model=info.path, strategy=strategy, settings=values, unset=unset, argv=settings_to_argv(values),
                 estimate=est, budgets_mib=[round(b, 1) for b in budgets],
                 gpu_weight_fraction=round(gpu_w / total_w, 4) if total_w else 0.0, experts_on_cpu_layers=experts_cpu,
-                layers_on_cpu=layers_cpu, ctx_requested=requested, ctx=n_ctx, traded=traded, warnings=warnings)
+                layers_on_cpu=layers_cpu, ctx_requested=requested, ctx=n_ctx, traded=traded, warnings=warnings,
+                notes=notes)
