@@ -167,14 +167,23 @@ def held_budget(budget_mib: list[int] | None) -> Iterator[list[int] | None]:
         time.sleep(1.0)
 
 
-FIT_INITIAL = re.compile(r"- (CUDA\d+)\s*:\s+(\d+) total,\s+(\d+) used,\s+(-?\d+) free")
-FIT_FINAL = re.compile(r"- (CUDA\d+)\s*:\s+(\d+) layers \(\s*(\d+) overflowing\),\s+(\d+) MiB used,\s+(-?\d+) MiB free")
+# "- CUDA0 (NVIDIA H200): 143155 total,  12504 used,  11545 free vs. target of 1024"
+FIT_INITIAL = re.compile(r"- (CUDA\d+)(?: \([^)]*\))?\s*:\s+(\d+) total,\s+(\d+) used,\s+(-?\d+) free")
+# "- CUDA0 (NVIDIA H200): 13 layers ( 0 overflowing),  22980 MiB used,   1068 MiB free"
+FIT_FINAL = re.compile(r"- (CUDA\d+)(?: \([^)]*\))?\s*:\s+(\d+) layers \(\s*(\d+) overflowing\),\s+(\d+) MiB used,"
+                       r"\s+(-?\d+) MiB free")
+# one device: "projected to use 23126 MiB of device memory vs. 142629 MiB of free device memory"
+FIT_TOTAL = re.compile(r"projected to use (\d+) MiB of device memory")
 
 
 def fit_projection(log: list[str]) -> dict[str, Any]:
     """What --fit printed (verbosity 4): per device the projected MiB (model + context + compute) it
     planned for, and its layer counts when it changed the placement."""
     initial = {m.group(1): int(m.group(3)) for line in log if (m := FIT_INITIAL.search(line))}
+    if not initial:
+        totals = [int(m.group(1)) for line in log if (m := FIT_TOTAL.search(line))]
+        if totals:
+            initial = {"CUDA0": totals[0]}
     final = {m.group(1): {"layers": int(m.group(2)), "overflowing": int(m.group(3)), "used_mib": int(m.group(4))}
              for line in log if (m := FIT_FINAL.search(line))}
     lines = [line for line in log if "fit" in line.split(":", 1)[0] or "llama_params_fit" in line][:80]
@@ -310,7 +319,7 @@ def table(path: str) -> str:
                          f"{'fits' if fits else 'does not fit'} | failed: {r.get('error', '')[:80]} | | | | | |")
             continue
         logged = r["logged"]["total_by_device_mib"]
-        fit = r.get("fit") or {}
+        fit = fit_projection((r.get("fit") or {}).get("lines", []))
         fit_used = {k: v["used_mib"] for k, v in (fit.get("final") or {}).items()} or fit.get("initial_used_mib") or {}
         fit_on = r["values"].get("FIT") == "on"
         for d in r["predicted"]["devices"]:

@@ -69,12 +69,14 @@ def naive_settings(info: Any, free: list[float], reserve: float) -> dict[str, st
     raise RuntimeError("not even one layer fits")
 
 
-def measure(runtime: Any, pid: str, reps: int, full: bool) -> dict[str, Any]:
+def measure(runtime: Any, pid: str, reps: int, full: bool, args_warmup_tokens: int = 512) -> dict[str, Any]:
     view = runtime.start(pid, timeout_s=900)
     row: dict[str, Any] = {"load_s": round((view.ready_at or time.time()) - view.started_at, 1)}
     try:
         short = prompt_of(view.url, 512)
-        complete(view.url, short, 16)  # warm-up
+        # Warm-up long enough to touch most experts: with a memory-mapped file the CPU experts are
+        # faulted in on first use, which otherwise slows the first measured requests.
+        complete(view.url, short, args_warmup_tokens)
         runs = []
         for _ in range(reps):
             t = complete(view.url, short, 128)["timings"]
@@ -112,23 +114,30 @@ def run(args: argparse.Namespace) -> None:
     planned = plan(paths[0], CTX, declared, reserve_mib=args.reserve)
     placements = {
         "planner": planned.plan.settings,
+        "planner-pinned": {**planned.plan.settings, "LOAD_MODE": "none"},
         "fit-default": {"CTX_SIZE": str(CTX), "PARALLEL": "1", "FIT": "on"},
         "fit-target-256": {"CTX_SIZE": str(CTX), "PARALLEL": "1", "FIT": "on", "FIT_TARGET": "256"},
         "naive-ngl": naive_settings(info, BUDGET, args.reserve),
     }
     if args.only:
         placements = {k: v for k, v in placements.items() if k in args.only.split(",")}
+    for name, values in placements.items():
+        create_profile(load_config(conf), name, {"MODEL": paths[0].name, "VISIBLE_DEVICES": "0,1", **values})
+    # Rounds alternate the placements, so slow drift of the machine does not favour one of them.
+    order = [(r, name) for r in range(args.rounds) for name in placements]
     with open(args.out, "a") as out:
-        for name, values in placements.items():
-            create_profile(load_config(conf), name, {"MODEL": paths[0].name, "VISIBLE_DEVICES": "0,1", **values})
-            row: dict[str, Any] = {"placement": name, "values": values, "model_gib": round(info.total_bytes / 2**30, 2)}
+        for round_no, name in order:
+            values = placements[name]
+            row: dict[str, Any] = {"placement": name, "round": round_no, "values": values,
+                                   "model_gib": round(info.total_bytes / 2**30, 2)}
             if name == "planner":
                 row["predicted"] = [(d.device, d.total_mib) for d in planned.plan.estimate.devices]
                 row["traded"] = planned.plan.traded
             with held_budget(BUDGET) as held:
                 row["free_mib"] = held
                 try:
-                    row.update(measure(Runtime(load_config(conf)), name, args.reps, full=name != "naive-ngl"))
+                    row.update(measure(Runtime(load_config(conf)), name, args.reps,
+                                       full=name != "naive-ngl" and round_no == 0))
                     row["status"] = "ok"
                 except Exception as exc:  # noqa: BLE001 - an out-of-memory load is a result too
                     row.update(status="failed", error=str(exc)[:500])
@@ -171,6 +180,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--reserve", type=float, default=384.0)
     parser.add_argument("--only")
+    parser.add_argument("--rounds", type=int, default=1, help="load each placement this many times, alternating")
     args = parser.parse_args()
     if args.table:
         print(table(args.table), end="")

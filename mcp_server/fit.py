@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
-from .estimate import EXPS_PATTERN, Estimate, Settings, estimate
+from .estimate import EXPS_PATTERN, DeviceEstimate, Estimate, Settings, estimate
 from .gguf_inspect import GGUFInspection
 
 FIT_MIN_CTX = 4096
@@ -41,8 +41,19 @@ def _margins(s: Settings, n: int) -> list[float]:
     return [float(t[0] if len(t) == 1 else t[i] if i < len(t) else t[-1]) for i in range(n)]
 
 
+# Fit measures free memory after its own CUDA context exists, and counts only llama.cpp's buffers:
+# on the H200s the context held 526 MiB at that point (free reported by fit = free before - buffers
+# - 526). The rest of the runtime overhead (pool, cuBLAS) appears later and eats into fit's margin.
+FIT_CONTEXT_MIB = 526.0
+
+
+def _seen(d: "DeviceEstimate") -> float:
+    """What fit counts for a device: the buffers plus the context that existed when it measured."""
+    return d.total_mib - d.overhead_mib + (FIT_CONTEXT_MIB if d.total_mib else 0.0)
+
+
 def _fits(est: Estimate, limits: list[float]) -> bool:
-    return all(d.total_mib <= lim for d, lim in zip(est.devices, limits))
+    return all(_seen(d) <= lim for d, lim in zip(est.devices, limits))
 
 
 def emulate_fit(info: GGUFInspection, s: Settings, free_mib: list[float], *, ctx_was_set: bool,
@@ -83,7 +94,7 @@ def _shrink_ctx(info: GGUFInspection, s: Settings, free: list[float], limits: li
     def total(n_ctx: int) -> tuple[float, Estimate, Settings]:
         t = replace(s, n_ctx=n_ctx)
         e = estimate(info, t, free, overhead)
-        return sum(d.total_mib for d in e.devices), e, t
+        return sum(_seen(d) for d in e.devices), e, t
 
     budget = sum(limits)
     best = total(lo)
@@ -110,7 +121,7 @@ def _fill_layers(info: GGUFInspection, s: Settings, free: list[float], limits: l
         for k in range(n_total - placed, -1, -1):
             trial = counts.copy()
             trial[gpu] = k
-            if k == 0 or estimate(info, _layered(s, trial, []), free, overhead).devices[gpu].total_mib <= limits[gpu]:
+            if k == 0 or _seen(estimate(info, _layered(s, trial, []), free, overhead).devices[gpu]) <= limits[gpu]:
                 counts = trial
                 break
     s_out = _layered(s, counts, [])
@@ -137,7 +148,7 @@ def _fill_moe(info: GGUFInspection, s: Settings, free: list[float], limits: list
             trial[gpu], trial[-1] = k, n_total - start - k
             rest = list(range(start + k, info.n_layer))
             _, est = attempt(trial, rest)
-            if k == 0 or est.devices[gpu].total_mib <= limits[gpu]:
+            if k == 0 or _seen(est.devices[gpu]) <= limits[gpu]:
                 counts, start = trial, start + k
                 break
     counts[-1] = n_total - start
@@ -146,7 +157,7 @@ def _fill_moe(info: GGUFInspection, s: Settings, free: list[float], limits: list
     for n_cpu in range(len(last_blocks), -1, -1):  # fewer expert-less layers while the last GPU fits
         cpu = last_blocks[len(last_blocks) - n_cpu:] if n_cpu else []
         t, est = attempt(counts, cpu)
-        if est.devices[-1].total_mib <= limits[-1]:
+        if _seen(est.devices[-1]) <= limits[-1]:
             best = (t, est)
         else:
             break

@@ -308,19 +308,25 @@ def settings_to_argv(values: dict[str, str]) -> list[str]:
 def _describe(info: GGUFInspection, strategy: Strategy, s: Settings, est: Estimate, budgets: list[float],
               requested: int, n_ctx: int, traded: list[str], host_free_mib: float | None) -> Plan:
     values, unset = settings_to_profile(s, len(budgets))
+    notes: list[str] = []
     if strategy == "single-gpu" and len(budgets) > 1:
         # Only the chosen GPU is made visible: llama.cpp would otherwise create a CUDA context
         # (about 0.5 GiB) on every other GPU too. Inside the process that GPU is CUDA0.
         values.update(VISIBLE_DEVICES=str(s.main_gpu), MAIN_GPU="0")
         unset = [k for k in unset if k != "VISIBLE_DEVICES"]
-        notes = [f"runs on GPU {s.main_gpu} alone (VISIBLE_DEVICES={s.main_gpu}); the other GPUs stay free"]
+        notes.append(f"runs on GPU {s.main_gpu} alone (VISIBLE_DEVICES={s.main_gpu}); the other GPUs stay free")
     else:
         unset.append("VISIBLE_DEVICES")
-        notes = []
     gpu_w = sum(d.weights_mib for d in est.devices)
     total_w = gpu_w + est.host.weights_mib
     warnings: list[str] = []
     experts_cpu = 0
+    if strategy in ("moe-experts-cpu", "dense-spill"):
+        # Measured (docs/gpu-validation/placement-speed.md): reading the CPU-resident weights into
+        # pinned RAM (LOAD_MODE=none) doubled prompt speed but cut generation by 13%, so the plan
+        # keeps the default memory map and says what the other choice would do.
+        notes.append("prompt-heavy work: LOAD_MODE=none puts the CPU-resident weights in pinned RAM; on H200s it "
+                     "doubled prompt tokens/s and cost 13% generation speed (and needs that much free RAM)")
     if strategy == "moe-experts-cpu":
         exp_layers = {t.layer for t in info.tensors if t.kind == "experts"}
         on_gpu = {il for d in est.devices for il in d.layers}

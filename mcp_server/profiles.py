@@ -59,6 +59,9 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("FIT", "onoff", "let llama.cpp fit the model to free memory", "--fit", choices=("on", "off")),
     KeySpec("FIT_TARGET", "list", "MiB to leave free per GPU when fitting: one value or one per GPU", "--fit-target"),
     KeySpec("FIT_CTX", "int", "smallest context --fit may shrink to", "--fit-ctx", minimum=0),
+    KeySpec("LOAD_MODE", "choice", "how the model file is loaded: auto (memory-mapped), none (read into RAM, "
+            "which lets llama.cpp repack CPU-resident weights for its faster CPU kernels), mlock, ...", "--load-mode",
+            choices=("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")),
     KeySpec("OVERRIDE_TENSORS", "list", "tensor overrides, pattern=buffer, comma separated, first match wins",
             "--override-tensor"),
     KeySpec("N_CPU_MOE", "int", "keep the experts of the first N layers on the CPU", "--n-cpu-moe", minimum=0),

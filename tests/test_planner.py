@@ -133,7 +133,15 @@ def test_fit_replay(moe80, moe30):
     s, out = emulate_fit(moe80, Settings(n_ctx=32768, n_parallel=1), [24 * GIB, 16 * GIB], ctx_was_set=True)
     assert out.changed and out.n_gpu_layers == MOE_80B.n_layer + 1 and all(c > 0 for c in out.tensor_split)
     assert 0 < len(out.experts_on_cpu_layers) < MOE_80B.n_layer
-    assert all(d.total_mib <= f - 1024 for d, f in zip(out.estimate.devices, [24 * GIB, 16 * GIB]))
+    # Fit counts buffers plus the context that existed when it measured, against free minus 1024 MiB.
+    from mcp_server.fit import FIT_CONTEXT_MIB
+
+    assert all(d.total_mib - d.overhead_mib + FIT_CONTEXT_MIB <= f - 1024
+               for d, f in zip(out.estimate.devices, [24 * GIB, 16 * GIB]))
+    # Measured on two H200s held to 24 + 16 GiB (docs/gpu-validation/placement-speed.md): fit chose
+    # 13 layers on CUDA0 and 24 on CUDA1, 17 of them without their experts.
+    real = emulate_fit(moe80, Settings(n_ctx=32768, n_parallel=1), [24575, 16383], ctx_was_set=True)[1]
+    assert real.tensor_split == [13, 24] and abs(len(real.experts_on_cpu_layers) - 17) <= 1
     # The planner keeps less margin than fit's 1024 MiB, so it puts more on the GPUs.
     planned = plan_placement(moe80, gpus_free_mib=[24 * GIB, 16 * GIB], ctx=32768)
     assert planned.gpu_weight_fraction > sum(d.weights_mib for d in out.estimate.devices) / (
