@@ -69,14 +69,18 @@ def naive_settings(info: Any, free: list[float], reserve: float) -> dict[str, st
     raise RuntimeError("not even one layer fits")
 
 
-def measure(runtime: Any, pid: str, reps: int, full: bool, args_warmup_tokens: int = 512) -> dict[str, Any]:
+def measure(runtime: Any, pid: str, reps: int, full: bool, args_warmup_tokens: int = 512,
+            warm_full: bool = False) -> dict[str, Any]:
     view = runtime.start(pid, timeout_s=900)
     row: dict[str, Any] = {"load_s": round((view.ready_at or time.time()) - view.started_at, 1)}
     try:
         short = prompt_of(view.url, 512)
         # Warm-up long enough to touch most experts: with a memory-mapped file the CPU experts are
         # faulted in on first use, which otherwise slows the first measured requests.
-        complete(view.url, short, args_warmup_tokens)
+        if warm_full:  # a prompt that fills the context touches (pages in) every expert first
+            complete(view.url, prompt_of(view.url, CTX - 600), 16)
+        else:
+            complete(view.url, short, args_warmup_tokens)
         runs = []
         for _ in range(reps):
             t = complete(view.url, short, 128)["timings"]
@@ -137,7 +141,9 @@ def run(args: argparse.Namespace) -> None:
                 row["free_mib"] = held
                 try:
                     row.update(measure(Runtime(load_config(conf)), name, args.reps,
-                                       full=name != "naive-ngl" and round_no == 0))
+                                       full=name != "naive-ngl" and round_no == 0 and not args.warm_full,
+                                       warm_full=args.warm_full))
+                    row["warm_full"] = args.warm_full
                     row["status"] = "ok"
                 except Exception as exc:  # noqa: BLE001 - an out-of-memory load is a result too
                     row.update(status="failed", error=str(exc)[:500])
@@ -180,6 +186,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--reserve", type=float, default=384.0)
     parser.add_argument("--only")
+    parser.add_argument("--warm-full", action="store_true",
+                        help="warm up with a prompt that fills the context (every expert paged in) before measuring")
     parser.add_argument("--rounds", type=int, default=1, help="load each placement this many times, alternating")
     args = parser.parse_args()
     if args.table:
