@@ -87,7 +87,7 @@ PARALLEL=1
 
 @pytest.mark.engine
 async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_path):
-    """An agent's add-model run on a new file: inspect -> create -> lint -> start -> test -> stop."""
+    """An agent's add-model run on a new file: inspect -> plan -> create -> estimate -> lint -> start -> test -> stop."""
     _own_port(demo_project, 18290)
     # Phase 2 (download) is the user's: the file appears under the models directory.
     write_dense(demo_project.parent / "models" / "synth" / "tiny-llama.gguf", DenseShape(), seed=7)
@@ -100,7 +100,11 @@ async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_pat
         info = (await client.call_tool("inspect_gguf", {"path": new["path"]})).structured_content
         assert (info["architecture"], info["n_layer"], info["n_ctx_train"]) == ("llama", 2, 2048)
         assert (max(info["n_head"]), max(info["n_head_kv"])) == (4, 2)
-        # (the placement step, estimate_fit / plan_placement, goes here: it comes with the placement tools' tests)
+        # Phase 1, fit: would it fit the user's 8 GiB GPU at the chosen context, and how to place it?
+        planned = (await client.call_tool("plan_placement", {"model": new["path"], "ctx": 512,
+                                                             "gpus": "8GiB"})).structured_content
+        assert planned["plan"]["strategy"] == "single-gpu" and planned["plan"]["estimate"]["fits"] is True
+        assert planned["edit"] is None and demo_project.read_text() == before  # no write_profile: nothing written
 
         values = {"NAME": "Tiny synthetic llama",
                   "DESCRIPTION": "Random-weight test model added by the scripted add-model run",
@@ -114,6 +118,9 @@ async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_pat
         created = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
                                                           "comments": comments})
         assert not created.is_error, created.content[0].text
+
+        fit = (await client.call_tool("estimate_fit", {"profile": "tiny-synth", "gpus": "8GiB"})).structured_content
+        assert fit["estimate"]["fits"] is True and fit["estimate"]["n_ctx"] == 512
 
         lint = (await client.call_tool("lint_models", {"profile": "tiny-synth"})).structured_content
         assert lint["errors"] == 0, lint
