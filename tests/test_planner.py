@@ -211,3 +211,31 @@ def test_calibration_overhead_is_the_median_of_measurements(moe30):
     with open(calibration._store(), "a") as f:
         f.write("not json\n")
     assert len(calibration.measurements()) == 3
+
+
+@pytest.mark.engine
+def test_calibrate_a_running_profile_and_see_it_beside_the_estimate(demo_project, engine_path):
+    """On a CPU-only machine: the host buffers llama.cpp logged are stored with the prediction."""
+    from mcp_server.placement import calibrate, estimate_profile
+    from mcp_server.profiles import set_values
+    from mcp_server.runtime import Runtime
+
+    set_values(load_config(demo_project), "global", {"PORT": "18310"})
+    config = load_config(demo_project)
+    runtime = Runtime(config)
+    runtime.start("demo", timeout_s=120)
+    try:
+        m = calibrate(config, "demo")
+    finally:
+        runtime.stop("all")
+    report = runtime.load_report("demo")
+    [host] = m.devices
+    logged_host = sum(d.total_mib for d in report.devices if not d.device.startswith("CUDA"))
+    assert host.device == "host" and host.logged_mib == round(logged_host, 2)
+    # Weights and KV are exact; the host total differs only by the approximated compute buffer.
+    assert abs(host.error_mib) < 64
+    assert calibration.measurements()[-1].digest == m.digest
+    shown = estimate_profile(load_config(demo_project), "demo", "none")
+    assert shown.measured is not None and shown.measured.digest == m.digest
+    with pytest.raises(Exception, match="not running"):
+        calibrate(config, "demo")
