@@ -11,7 +11,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from .errors import LlamaPilotError
-from .placement import PlanResult, ProfileEstimate, estimate_profile, plan
+from .calibration import Measurement
+from .placement import PlanResult, ProfileEstimate, calibrate as core_calibrate, estimate_profile, plan
 from .profiles import load_config, model_path_inside
 
 ProfileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="profile id: a [section] of models.conf")]
@@ -20,6 +21,8 @@ GpuSizes = Annotated[str | None, Field(
     description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
                 "omit to use the free memory of the GPUs NVML sees now")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+# calibrate appends a measurement to llama-pilot's own store; nothing of the user's changes.
+RECORDS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 # With write_profile, plan_placement overwrites placement keys of that profile (a backup is kept).
 PLANS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
@@ -52,5 +55,15 @@ def register_placement_tools(mcp: MCPServer, config_path: str | None) -> None:
             return await anyio.to_thread.run_sync(lambda: plan(
                 path, ctx, gpus, kv_type=kv_type, slots=slots, reserve_mib=reserve_mib, config=config,
                 write_profile=write_profile, dry_run=dry_run))
+        except LlamaPilotError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @mcp.tool(annotations=RECORDS)
+    async def calibrate(profile: ProfileId,
+                        note: Annotated[str | None, Field(max_length=300)] = None) -> Measurement:
+        """Measure a running, ready profile: per GPU what llama-pilot predicted, what llama.cpp logged (its buffers) and what NVML measures for the process, and the host buffers; the measurement is stored, later estimate_fit calls show it, and estimates on the same GPU model use the measured runtime overhead. Run it after a long prompt so the memory pool has grown."""
+        try:
+            config = load_config(config_path)
+            return await anyio.to_thread.run_sync(lambda: core_calibrate(config, profile, note))
         except LlamaPilotError as exc:
             raise ToolError(str(exc)) from exc

@@ -149,6 +149,7 @@ TOOL_COMMANDS = {
     "run_benchmark": ["bench", "speed"], "get_job": ["bench", "jobs"], "list_jobs": ["bench", "jobs"],
     "cancel_job": ["bench", "cancel"], "bench_results": ["bench", "results"],
     "estimate_fit": ["estimate-fit"], "plan_placement": ["plan-placement"], "build_engine": ["build-engine"],
+    "calibrate": ["calibrate"],
 }
 
 

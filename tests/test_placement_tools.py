@@ -57,6 +57,8 @@ async def test_placement_refusals(project):
         assert sizes.is_error and "'lots' is not a size" in sizes.content[0].text
         missing = await client.call_tool("estimate_fit", {"profile": "nope", "gpus": "8GiB"})
         assert missing.is_error and "nope" in missing.content[0].text
+        idle = await client.call_tool("calibrate", {"profile": "moe"})
+        assert idle.is_error and "not running" in idle.content[0].text
         unknown = await client.call_tool("plan_placement", {"model": "Qwen/moe-00001-of-00002.gguf", "gpus": "8GiB",
                                                             "write_profile": "nope"})
         assert unknown.is_error and "nope" in unknown.content[0].text
