@@ -73,7 +73,7 @@ def plan_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int
         base = Settings(n_ctx=n_ctx, n_parallel=slots, n_ubatch=ubatch, cache_type_k=kv_type, cache_type_v=kv_type,
                         flash_attn="on" if kv_type not in ("f16", "f32", "bf16") else "auto", fit=False)
         found = _search(info, base, budgets, overhead_mib)
-        if found is not None or n_ctx // 2 < min_ctx:
+        if found is not None or n_ctx // 2 < min_ctx or not budgets:  # no GPU: a shorter context buys nothing
             break
         n_ctx //= 2
     if found is None:

@@ -116,6 +116,12 @@ def test_context_is_reduced_when_nothing_else_fits(tmp_path):
     assert any("context reduced" in t for t in p.traded) or p.strategy == "dense-spill"
 
 
+def test_without_a_gpu_the_plan_is_cpu_only_at_the_requested_context(moe30):
+    p = plan_placement(moe30, gpus_free_mib=[], ctx=8192)
+    assert p.strategy == "cpu-only" and p.ctx == 8192 and p.settings["N_GPU_LAYERS"] == "0"
+    assert not any("context" in t for t in p.traded)
+
+
 def test_bad_inputs_are_named(moe30):
     with pytest.raises(ValidationError, match="kv_type"):
         plan_placement(moe30, gpus_free_mib=[8 * GIB], kv_type="q3_k")
