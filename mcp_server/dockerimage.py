@@ -14,8 +14,6 @@ anywhere a llama-server has been built.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import io
 import os
 import re
@@ -24,9 +22,10 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import LlamaPilotError
+from .files import exclusive_lock, sha256_of
 from .paths import cache_dir
 from .profiles import DEFAULT_DOCKER_IMAGE
 
@@ -67,14 +66,6 @@ def _client() -> Any:
         raise DockerImageError(f"no Docker daemon answers ({exc}): start Docker (`systemctl start docker`, "
                                "or `.ci/docker.sh` on a CI machine) and try again") from exc
     return client
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def image_labels(tag: str = DEFAULT_DOCKER_IMAGE, client: Any = None) -> dict[str, str] | None:
@@ -194,18 +185,6 @@ def _write_rootfs_tar(files: dict[str, Path], out: Path) -> None:
                 tar.addfile(info, fh)
 
 
-@contextlib.contextmanager
-def _build_lock(tag: str) -> Iterator[None]:
-    lock = cache_dir() / "docker" / (re.sub(r"[^A-Za-z0-9_.-]", "_", tag) + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_local_image(tag: str = DEFAULT_DOCKER_IMAGE, engine_path: str | os.PathLike[str] | None = None,
                       *, force: bool = False) -> str:
     """Build (or find) the CPU image of ``engine_path`` (default: ``locate_engine()``); returns its id.
@@ -214,9 +193,9 @@ def build_local_image(tag: str = DEFAULT_DOCKER_IMAGE, engine_path: str | os.Pat
     (and the same builder version), unless ``force``.
     """
     server = _engine(engine_path)
-    digest = _sha256(server)
+    digest = sha256_of(server)
     client = _client()
-    with _build_lock(tag):
+    with exclusive_lock(cache_dir() / "docker" / (re.sub(r"[^A-Za-z0-9_.-]", "_", tag) + ".lock")):
         labels = image_labels(tag, client)
         previous = client.images.get(tag).id if labels is not None else None
         if (not force and labels is not None and labels.get(LABEL_ENGINE_SHA) == digest

@@ -16,7 +16,6 @@ import base64
 import collections
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import html.parser
 import json
@@ -31,11 +30,12 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, Field
 
 from .errors import EngineBuildError, EngineError, EngineNotFound
+from .files import exclusive_lock, sha256_of
 from .paths import cache_dir, engines_dir
 
 LLAMA_CPP_VERSION = "11434.0.0"
@@ -384,31 +384,6 @@ class _Log:
         return EngineBuildError(step, self.path, self.tail())
 
 
-@contextlib.contextmanager
-def _locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """An exclusive flock: concurrent builds of one plan take turns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait:
-                on_wait()
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _open_url(url: str, timeout: float = 60):
     """urlopen that understands user:pass@ in index URLs and file:// index folders."""
     parts = urllib.parse.urlsplit(url)
@@ -478,7 +453,7 @@ def _fetch_sdist(log: _Log, progress: Progress | None) -> Path:
         return path
     dest = cache_dir() / "downloads" / LLAMA_CPP_SDIST_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and _sha256(dest) == LLAMA_CPP_SDIST_SHA256:
+    if dest.is_file() and sha256_of(dest) == LLAMA_CPP_SDIST_SHA256:
         log.write(f"already downloaded: {dest}")
         return dest
     try:
@@ -495,7 +470,7 @@ def _fetch_sdist(log: _Log, progress: Progress | None) -> Path:
 
 
 def _verify(path: Path, log: _Log, *, delete: bool) -> None:
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if actual == LLAMA_CPP_SDIST_SHA256:
         log.write(f"sha256 ok: {actual}")
         return
@@ -636,7 +611,7 @@ def build_engine(plan: BuildPlan | None = None, *, progress: Progress | None = N
     if not force and installed_plan_matches(plan):
         return describe_engine(server, "cache")
     waiting = (lambda: progress("wait", None)) if progress else None
-    with _locked(install / ".lock", waiting):
+    with exclusive_lock(install / ".lock", waiting):
         # A concurrent build of the same plan may have finished while we waited for the lock.
         if not force and installed_plan_matches(plan):
             return describe_engine(server, "cache")
@@ -658,7 +633,7 @@ def _build_steps(plan: BuildPlan, log: _Log, progress: Progress | None) -> dict[
 
     if plan.sdist:
         # One lock for the shared source tree: a cpu and a cuda build may start together.
-        with _locked(cache_dir() / "src" / ".lock"):
+        with exclusive_lock(cache_dir() / "src" / ".lock"):
             t = step("download")
             tarball = None if (src / "CMakeLists.txt").is_file() else _fetch_sdist(log, progress)
             if tarball is None:

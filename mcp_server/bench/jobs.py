@@ -12,8 +12,6 @@ Only one benchmark job runs at a time (two would measure each other); a second i
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import secrets
 import signal
@@ -22,13 +20,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field
 
 from .. import paths
 from ..errors import LlamaPilotError
+from ..files import exclusive_lock
 from . import BenchCancelled, child_env, now_iso, read_json, write_json
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -69,16 +68,6 @@ def jobs_dir() -> Path:
     path = paths.home() / "jobs"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    with open(jobs_dir() / "lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _path(job_id: str) -> Path:
@@ -156,7 +145,7 @@ def list_jobs(limit: int = 50) -> list[Job]:
 def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str, Any],
               config_path: str | os.PathLike[str] | None) -> Job:
     """Launch a detached benchmark runner; refuses while another benchmark job runs."""
-    with _lock():
+    with exclusive_lock(jobs_dir() / "lock"):
         running = [j for j in list_jobs() if j.status in LIVE]
         if running:
             raise JobError(f"busy: benchmark job {running[0].id} is {running[0].status} "
