@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,20 +23,12 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mcp_server.bench.manifest import machine_summary  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("list_models", "gpu_stats")
-
-
-def _machine() -> str:
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -90,7 +81,7 @@ def main() -> None:
         f"{args.calls} times in a row and timed in the client around `call_tool` (pipes, JSON-RPC, argument "
         "validation, the tool, its structured result).",
         "",
-        f"Machine: {_machine()}" + (f" ({args.machine_note})" if args.machine_note else "")
+        f"Machine: {machine_summary()}" + (f" ({args.machine_note})" if args.machine_note else "")
         + (f", load average {load:.2f} when the run began (other work shared the cores)" if load is not None else "")
         + f"; {date.today().isoformat()}. {gpu_note}"
         + (", so that row is the protocol's own cost plus NVML's quick \"no driver\" answer, not a real GPU "

@@ -20,8 +20,6 @@ threads) by the wall time and by the number of samples. Modes, one run each, in 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.gpu import FakeNvml, read_gpus  # noqa: E402
+from mcp_server.bench.manifest import machine_summary  # noqa: E402
 from mcp_server.sampler import Sampler  # noqa: E402
 
 HEADER = """# Sampler cost
@@ -46,18 +45,6 @@ stand-in with two GPUs (the Python side of reading two GPUs, without the driver'
 
 def _cpu_seconds() -> float:
     return time.process_time()  # user + system of every thread, at nanosecond resolution
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 
 def run(mode: str, seconds: float, interval: float) -> dict[str, object]:
@@ -134,7 +121,7 @@ def main() -> None:
                   f"median sample {result['took_ms']:.1f} ms wall, {result['errors']} errors"
                   + (f" ({result['reason']})" if result["mode"] == "nvml" and result["reason"] else ""),
                   file=sys.stderr)
-            rows.append(f"| {time.strftime('%Y-%m-%d')} | {_machine()} | {describe_gpus(result)} | {mode} | "
+            rows.append(f"| {time.strftime('%Y-%m-%d')} | {machine_summary()} | {describe_gpus(result)} | {mode} | "
                         f"{result['instances']} | {args.interval:g} s | {result['wall']:.0f} | {result['samples']} | "
                         f"{pct:.2f}% | {per_sample:.2f} | {result['took_ms']:.1f} |")
     finally:

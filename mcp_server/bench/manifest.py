@@ -7,7 +7,6 @@ A sha256 of a 60 GB model takes minutes, so it is cached per (path, size, mtime)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, paths
+from ..files import sha256_of
 from ..profiles import Config, Profile
 from . import now_iso, write_json
 
@@ -34,14 +34,7 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
         cache = {}
     if key in cache:
         return cache[key]
-    digest = hashlib.sha256()
-    with open(real, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    value = digest.hexdigest()
+    value = sha256_of(real, chunk)
     cache = {k: v for k, v in cache.items() if not k.startswith(f"{real}|")}
     cache[key] = value
     try:
@@ -104,15 +97,24 @@ def gpus(visible_devices: str | None = None) -> list[dict[str, Any]]:
             pass
 
 
-def cpu() -> dict[str, Any]:
-    model = platform.processor() or None
+def cpu_model() -> str | None:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or None
+
+
+def machine_summary() -> str:
+    """One line for benchmark write-ups: CPU model, CPU count, Python version."""
+    return f"{cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def cpu() -> dict[str, Any]:
+    model = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
