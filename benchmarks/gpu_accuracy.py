@@ -111,8 +111,7 @@ GROUPS = {"one": lambda c: c[2] == ONE, "two": lambda c: c[2] == TWO and c[3] is
 def nvml_gpus() -> list[Any]:
     from mcp_server.gpu import read_gpus
 
-    report = read_gpus()
-    return sorted(report.gpus, key=lambda g: g.cuda_index if g.cuda_index is not None else g.nvml_index)
+    return read_gpus().in_cuda_order()
 
 
 def process_mib(pid: int | None, visible: list[int]) -> dict[str, int]:

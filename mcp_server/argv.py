@@ -92,6 +92,18 @@ def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server
                       port=chosen_port, visible_devices=visible)
 
 
+def without_flags(argv: list[str], drop: dict[str, int]) -> list[str]:
+    """argv[1:] without the flags in ``drop`` (flag -> how many values follow it)."""
+    kept, i = [], 1
+    while i < len(argv):
+        if argv[i] in drop:
+            i += 1 + drop[argv[i]]
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
+
+
 def _split_after(flags: list[str], leading: tuple[str, ...]) -> tuple[list[str], list[str]]:
     head: list[str] = []
     rest: list[str] = []

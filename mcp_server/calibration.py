@@ -13,22 +13,20 @@ several processes (CLI, MCP server, benchmark jobs) may record at once.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import statistics
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from pydantic import BaseModel, Field
 
 from . import paths
+from .argv import without_flags
 from .estimate import Estimate
+from .files import exclusive_lock
 from .gguf_inspect import GGUFInspection
 
 # Flags that do not change memory: left out of the settings key.
-_NOT_MEMORY = {"--host": 1, "--port": 1, "--log-verbosity": 1, "-lv": 1, "--temp": 1, "--top-p": 1, "--top-k": 1,
+_NOT_MEMORY = {"--model": 1, "-m": 1, "--host": 1, "--port": 1, "--log-verbosity": 1, "-lv": 1, "--temp": 1, "--top-p": 1, "--top-k": 1,
                "--min-p": 1, "--alias": 1, "--api-key": 1, "--metrics": 0, "--jinja": 0, "--no-context-shift": 0}
 
 
@@ -70,32 +68,13 @@ def key_for(info: GGUFInspection, argv: list[str], gpu_names: list[str | None]) 
 
 
 def _settings_text(argv: list[str]) -> str:
-    kept, i = [], 1
-    while i < len(argv):
-        flag = argv[i]
-        if flag in ("--model", "-m"):
-            i += 2
-            continue
-        if flag in _NOT_MEMORY:
-            i += 1 + _NOT_MEMORY[flag]
-            continue
-        kept.append(flag)
-        i += 1
-    return " ".join(kept)
+    return " ".join(without_flags(argv, _NOT_MEMORY))
 
 
 def _store() -> Path:
     folder = paths.home() / "calibration"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "measurements.jsonl"
-
-
-@contextmanager
-def _locked() -> Iterator[Path]:
-    store = _store()
-    with open(store.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield store
 
 
 def measurements() -> list[Measurement]:
@@ -112,7 +91,8 @@ def measurements() -> list[Measurement]:
 
 
 def save(measurement: Measurement) -> None:
-    with _locked() as store, open(store, "a") as f:
+    store = _store()
+    with exclusive_lock(store.with_suffix(".lock")), open(store, "a") as f:
         f.write(measurement.model_dump_json() + "\n")
 
 

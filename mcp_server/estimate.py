@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -36,7 +37,6 @@ EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 OVERHEAD_ATTENTION_MIB = 606.0
 OVERHEAD_OTHER_MIB = 706.0
 IDLE_GPU_OVERHEAD_MIB = 518.0
-DEFAULT_GPU_OVERHEAD_MIB = OVERHEAD_OTHER_MIB  # the larger one, where the model is unknown
 
 
 def default_overhead(info: GGUFInspection) -> float:
@@ -103,7 +103,7 @@ def settings_from_argv(argv: list[str]) -> Settings:
                 pattern, _, buft = item.rpartition("=")
                 s.overrides.append((pattern, buft))
         elif flag in ("-ncmoe", "--n-cpu-moe"):
-            s.overrides += [(rf"blk\.{j}{EXPS_PATTERN}", "CPU") for j in range(int(value))]
+            s.overrides += experts_on_cpu(range(int(value)))
         elif flag in ("-cmoe", "--cpu-moe"):
             s.overrides.append((EXPS_PATTERN, "CPU"))
             step = 1
@@ -148,7 +148,14 @@ def layer_devices(n_layer: int, n_gpu_layers: int, split: list[float]) -> list[i
     return devices
 
 
-def _override(name: str, overrides: list[tuple[str, str]]) -> str | None:
+def experts_on_cpu(layers: Iterable[int]) -> list[tuple[str, str]]:
+    """One -ot rule per layer keeping its routed experts on the CPU: how --n-cpu-moe expands, and
+    the form llama.cpp's --fit writes."""
+    return [(rf"blk\.{il}{EXPS_PATTERN}", "CPU") for il in layers]
+
+
+def override_for(name: str, overrides: list[tuple[str, str]]) -> str | None:
+    """The buffer of the first -ot rule whose pattern is found in ``name`` (llama.cpp's order)."""
     for pattern, buft in overrides:
         if re.search(pattern, name):
             return buft
@@ -234,7 +241,7 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
             devices[dev].weights_mib += cuda_alloc_bytes(t_type, shape, nbytes) / MIB
 
     for t in info.tensors:
-        buft = _override(t.name, settings.overrides)
+        buft = override_for(t.name, settings.overrides)
         if buft is not None:
             dev = _buft_device(buft, n_gpus)
         elif t.kind == "embeddings":

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel, Field
 
-from .estimate import EXPS_PATTERN, DeviceEstimate, Estimate, Settings, estimate
+from .estimate import DeviceEstimate, Estimate, Settings, estimate, experts_on_cpu
 from .gguf_inspect import GGUFInspection
 
 FIT_MIN_CTX = 4096
@@ -121,10 +121,10 @@ def _fill_layers(info: GGUFInspection, s: Settings, free: list[float], limits: l
         for k in range(n_total - placed, -1, -1):
             trial = counts.copy()
             trial[gpu] = k
-            if k == 0 or _seen(estimate(info, _layered(s, trial, []), free, overhead).devices[gpu]) <= limits[gpu]:
+            if k == 0 or _seen(estimate(info, _layered(s, trial), free, overhead).devices[gpu]) <= limits[gpu]:
                 counts = trial
                 break
-    s_out = _layered(s, counts, [])
+    s_out = _layered(s, counts)
     return s_out, estimate(info, s_out, free, overhead), counts, []
 
 
@@ -137,7 +137,7 @@ def _fill_moe(info: GGUFInspection, s: Settings, free: list[float], limits: list
 
     def attempt(counts: list[int], cpu_layers: list[int]) -> tuple[Settings, Estimate]:
         t = replace(s, n_gpu_layers=n_total, tensor_split=[float(c) for c in counts],
-                    overrides=_per_layer_exps(cpu_layers))
+                    overrides=experts_on_cpu(cpu_layers))
         return t, estimate(info, t, free, overhead)
 
     counts = [0] * nd
@@ -153,24 +153,23 @@ def _fill_moe(info: GGUFInspection, s: Settings, free: list[float], limits: list
                 break
     counts[-1] = n_total - start
     last_blocks = list(range(start, info.n_layer))
-    best = attempt(counts, last_blocks)
+    best: tuple[Settings, Estimate, list[int]] | None = None
     for n_cpu in range(len(last_blocks), -1, -1):  # fewer expert-less layers while the last GPU fits
-        cpu = last_blocks[len(last_blocks) - n_cpu:] if n_cpu else []
+        cpu = last_blocks[len(last_blocks) - n_cpu:]
         t, est = attempt(counts, cpu)
-        if _seen(est.devices[-1]) <= limits[-1]:
-            best = (t, est)
-        else:
+        fits = _seen(est.devices[-1]) <= limits[-1]
+        if best is None or fits:  # all experts of the last GPU's layers on the CPU, if nothing fits
+            best = (t, est, cpu)
+        if not fits:
             break
-    t, est = best
-    cpu_layers = [il for il in range(info.n_layer)
-                  if any(p == rf"blk\.{il}{EXPS_PATTERN}" for p, _ in t.overrides)]
+    assert best is not None
+    t, est, cpu_layers = best
     return t, est, counts, cpu_layers
 
 
-def _layered(s: Settings, counts: list[int], overrides: list[tuple[str, str]]) -> Settings:
-    return replace(s, n_gpu_layers=sum(counts), tensor_split=[float(c) for c in counts] if sum(counts) else [],
-                   overrides=list(overrides))
+def _layered(s: Settings, counts: list[int]) -> Settings:
+    """Dense fill: ``counts`` layers per GPU, the front layers left on the CPU (s has no -ot: fit
+    only places layers itself when the user pinned none)."""
+    return replace(s, n_gpu_layers=sum(counts), tensor_split=[float(c) for c in counts] if sum(counts) else [])
 
 
-def _per_layer_exps(layers: list[int]) -> list[tuple[str, str]]:
-    return [(rf"blk\.{il}{EXPS_PATTERN}", "CPU") for il in layers]

@@ -126,6 +126,10 @@ class GpuReport(BaseModel):
         default=None, description="pci-bus-id: exact; cuda-driver: asked libcuda, exact; heuristic: estimated")
     at: float
 
+    def in_cuda_order(self) -> list[GpuInfo]:
+        """The GPUs as a CUDA program numbers them (CUDA0, CUDA1, ...), NVML order where unknown."""
+        return sorted(self.gpus, key=lambda g: g.cuda_index if g.cuda_index is not None else g.nvml_index)
+
 
 # -- NVML session -------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from . import calibration
-from .argv import launch_spec
+from .argv import launch_spec, without_flags
 from .errors import LlamaPilotError, ValidationError
 from .estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
 from .fit import FitOutcome, emulate_fit
@@ -42,6 +42,10 @@ class Inventory(BaseModel):
     @property
     def free(self) -> list[float]:
         return [g.free_mib for g in self.gpus]
+
+    def overhead(self) -> tuple[float | None, str]:
+        """The calibrated per-GPU overhead for these GPUs (real ones only: a declared size has no model)."""
+        return calibration.overhead_for(self.gpus[0].name if self.gpus and self.source == "nvml" else None)
 
 
 def parse_gpu_sizes(spec: str) -> list[float]:
@@ -75,7 +79,7 @@ def gpu_inventory(declared: str | None = None) -> Inventory:
     from .gpu import read_gpus
 
     report = read_gpus()
-    gpus = sorted(report.gpus, key=lambda g: g.cuda_index if g.cuda_index is not None else g.nvml_index)
+    gpus = report.in_cuda_order()
     slots = [GpuSlot(device=f"CUDA{i}", name=g.name, total_mib=g.memory_total_mib,
                      free_mib=float(g.memory_free_mib or 0)) for i, g in enumerate(gpus)]
     return Inventory(source="nvml" if slots else "none", gpus=slots, note=None if slots else report.reason)
@@ -120,7 +124,7 @@ def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, o
     inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
     settings = settings_from_argv(spec.argv)
     names = [g.name for g in inventory.gpus]
-    overhead, source = calibration.overhead_for(names[0] if names and inventory.source == "nvml" else None)
+    overhead, source = inventory.overhead()
     fit_outcome = None
     if replay_fit and settings.fit and inventory.gpus:
         settings, fit_outcome = emulate_fit(info, settings, inventory.free, overhead_mib=overhead,
@@ -150,14 +154,7 @@ def fit_params_oracle(config: Config, argv: list[str]) -> dict[str, dict[str, in
     tool = locate_engine(config.host.engine).tools.get("llama-fit-params")
     if not tool:
         raise LlamaPilotError("llama-fit-params is not next to this llama-server; `llama-pilot engine build` makes it")
-    args, i = [tool], 1
-    while i < len(argv):
-        flag = argv[i]
-        if flag in _ORACLE_DROP:
-            i += 1 + _ORACLE_DROP[flag]
-            continue
-        args.append(flag)
-        i += 1
+    args = [tool, *without_flags(argv, _ORACLE_DROP)]
     try:
         proc = subprocess.run([*args, "--fit-print", "on"], capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:
@@ -187,7 +184,7 @@ def calibrate(config: Config, profile: str, note: str | None = None) -> calibrat
     record = next(r for r in runtime.registry.all() if r.id == view.id)
     report = runtime.load_report(profile)
     gpus = read_gpus()
-    ordered = sorted(gpus.gpus, key=lambda g: g.cuda_index if g.cuda_index is not None else g.nvml_index)
+    ordered = gpus.in_cuda_order()
     nvml = {f"CUDA{i}": float(p.used_mib) for i, g in enumerate(ordered) for p in g.processes
             if p.pid == view.pid and p.used_mib is not None}
     info = inspect_gguf(record.model_path)
@@ -223,8 +220,7 @@ def plan(model_path: str | Path, ctx: int = 0, gpus: str | None = None, *, kv_ty
     """Plan placement for a model file; with ``write_profile``, write the settings into that profile."""
     info = inspect_gguf(model_path)
     inventory = gpu_inventory(gpus)
-    names = [g.name for g in inventory.gpus]
-    overhead, _ = calibration.overhead_for(names[0] if names and inventory.source == "nvml" else None)
+    overhead, _ = inventory.overhead()
     host_free = _host_available_mib()
     result = plan_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots, ubatch=ubatch,
                             reserve_mib=reserve_mib, overhead_mib=overhead, host_free_mib=host_free)

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from .errors import ValidationError
-from .estimate import CPU, KV_TYPES, MIB, Estimate, Settings, cuda_alloc_bytes, estimate
+from .estimate import KV_TYPES, MIB, Estimate, Settings, cuda_alloc_bytes, estimate, override_for
 from .gguf_inspect import GGUFInspection
 
 Strategy = Literal["single-gpu", "layer-split", "moe-experts-cpu", "dense-spill", "cpu-only"]
@@ -221,7 +221,7 @@ def _experts_to_cpu(info: GGUFInspection, base: Settings, budgets: list[float], 
     return best[1] if best else None
 
 
-def _shrink_until_fits(info: GGUFInspection, s: Settings, budgets: list[float], overhead: float,
+def _shrink_until_fits(info: GGUFInspection, s: Settings, budgets: list[float], overhead: float | None,
                        experts: dict[int, dict[str, tuple[int, str]]], cpu_layers: list[int],
                        partial: dict[int, tuple[str, ...]]) -> tuple[Settings, Estimate] | None:
     """The greedy count ignores second-order effects (compute buffer changes); correct them here."""
@@ -244,10 +244,10 @@ def _shrink_until_fits(info: GGUFInspection, s: Settings, budgets: list[float], 
 
 def _dense_spill(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
     """Fewer layers on the GPUs (the first ones go to the CPU), split in proportion to the budgets."""
+    several = len(budgets) > 1
     for ngl in range(info.n_layer, 0, -1):
-        s = replace(base, split_mode="layer" if len(budgets) > 1 else "none", n_gpu_layers=ngl,
-                    tensor_split=[round(b) for b in budgets] if len(budgets) > 1 else [],
-                    main_gpu=max(range(len(budgets)), key=lambda g: budgets[g]) if len(budgets) == 1 else 0)
+        s = replace(base, split_mode="layer" if several else "none", n_gpu_layers=ngl,
+                    tensor_split=[round(b) for b in budgets] if several else [])
         est = estimate(info, s, budgets, overhead)
         if _fits(est, budgets):
             return "dense-spill", s, est
@@ -256,7 +256,7 @@ def _dense_spill(info: GGUFInspection, base: Settings, budgets: list[float], ove
 
 def _cpu_only(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found:
     s = replace(base, n_gpu_layers=0, split_mode="none")
-    return "cpu-only", s, estimate(info, s, [] if not budgets else budgets, overhead)
+    return "cpu-only", s, estimate(info, s, budgets, overhead)
 
 
 # --- result ---------------------------------------------------------------------------------
@@ -331,14 +331,12 @@ def _describe(info: GGUFInspection, strategy: Strategy, s: Settings, est: Estima
         exp_layers = {t.layer for t in info.tensors if t.kind == "experts"}
         on_gpu = {il for d in est.devices for il in d.layers}
         cpu_exp_mib = 0.0
-        full = set()
-        from .estimate import _override  # the same first-match rule the estimate used
-
+        layers_with_cpu_experts = set()
         for t in info.tensors:
-            if t.kind == "experts" and _override(t.name, s.overrides) == "CPU":
+            if t.kind == "experts" and override_for(t.name, s.overrides) == "CPU":
                 cpu_exp_mib += t.bytes / MIB
-                full.add(t.layer)
-        experts_cpu = len(full)
+                layers_with_cpu_experts.add(t.layer)
+        experts_cpu = len(layers_with_cpu_experts)
         traded.append(f"routed experts of {experts_cpu} of {len(exp_layers)} layers on the CPU "
                       f"({cpu_exp_mib / 1024:.1f} GiB); attention, shared experts and KV cache of all "
                       f"{len(on_gpu)} layers on the GPUs")

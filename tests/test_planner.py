@@ -13,7 +13,7 @@ from mcp_server.errors import ValidationError
 from mcp_server.estimate import Settings, estimate
 from mcp_server.fit import emulate_fit
 from mcp_server.gguf_inspect import inspect_gguf
-from mcp_server.placement import gpu_inventory, parse_gpu_sizes, plan
+from mcp_server.placement import gpu_inventory, parse_gpu_sizes
 from mcp_server.planner import plan_placement
 from mcp_server.profiles import load_config
 from mcp_server.synth import MoeShape, write_sparse_moe, write_sparse_split
