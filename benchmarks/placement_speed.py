@@ -69,7 +69,7 @@ def naive_settings(info: Any, free: list[float], reserve: float) -> dict[str, st
     raise RuntimeError("not even one layer fits")
 
 
-def measure(runtime: Any, pid: str, reps: int, full: bool, args_warmup_tokens: int = 512,
+def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 512,
             warm_full: bool = False) -> dict[str, Any]:
     view = runtime.start(pid, timeout_s=900)
     row: dict[str, Any] = {"load_s": round((view.ready_at or time.time()) - view.started_at, 1)}
@@ -80,7 +80,7 @@ def measure(runtime: Any, pid: str, reps: int, full: bool, args_warmup_tokens: i
         if warm_full:  # a prompt that fills the context touches (pages in) every expert first
             complete(view.url, prompt_of(view.url, CTX - 600), 16)
         else:
-            complete(view.url, short, args_warmup_tokens)
+            complete(view.url, short, warmup_tokens)
         runs = []
         for _ in range(reps):
             t = complete(view.url, short, 128)["timings"]
@@ -154,29 +154,32 @@ def run(args: argparse.Namespace) -> None:
 
 
 def table(path: str) -> str:
+    """One row per load; then planner / fit-default generation, paired by round (loads alternate)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    out = ["| placement | settings | prompt t/s (median, min-max) | generation t/s (median, min-max) | GPU MiB (0; 1) | "
-           "full 32k-token prompt |", "| --- | --- | ---: | ---: | --- | --- |"]
-    medians: dict[str, float] = {}
+    out = ["| placement | round | settings | prompt t/s (median, min-max) | generation t/s (median, min-max) | "
+           "GPU MiB (0; 1) | full 32k-token prompt |", "| --- | --- | --- | ---: | ---: | --- | --- |"]
+    by_round: dict[int, dict[str, float]] = {}
     for r in rows:
         settings = ", ".join(f"{k}={v}" for k, v in r["values"].items())
+        load = r.get("round", 0) + 1
         if r.get("status") != "ok":
-            out.append(f"| {r['placement']} | `{settings}` | — | — | — | failed: {r.get('error', '')[:100]} |")
+            out.append(f"| {r['placement']} | {load} | `{settings}` | — | — | — | failed: {r.get('error', '')[:100]} |")
             continue
         p = [x["prompt_tps"] for x in r["runs"]]
         g = [x["gen_tps"] for x in r["runs"]]
-        medians[r["placement"]] = statistics.median(g)
+        by_round.setdefault(load, {})[r["placement"]] = statistics.median(g)
         nv = r.get("nvml_mib", {})
         full = r.get("full_context")
         full_text = ("not run" if full is None else
-                     f"ok ({full['prompt_n']} tokens at {full['prompt_tps']:.0f} t/s)" if full["ok"] else
-                     f"FAILED: {full['error'][:80]}")
-        out.append(f"| {r['placement']} | `{settings}` | {statistics.median(p):.0f} ({min(p):.0f}-{max(p):.0f}) | "
+                     f"ok ({full['prompt_n']} tokens at {full['prompt_tps']:.0f} t/s, then "
+                     f"{full['gen_tps']:.1f} t/s)" if full["ok"] else f"FAILED: {full['error'][:80]}")
+        out.append(f"| {r['placement']} | {load} | `{settings}` | {statistics.median(p):.0f} ({min(p):.0f}-{max(p):.0f}) | "
                    f"{statistics.median(g):.1f} ({min(g):.1f}-{max(g):.1f}) | {nv.get('CUDA0', '—')}; {nv.get('CUDA1', '—')} | "
                    f"{full_text} |")
-    ratio = (f"planner / --fit (defaults) generation: **{medians['planner'] / medians['fit-default']:.2f}x**"
-             if "planner" in medians and "fit-default" in medians else "")
-    return "\n".join(out) + "\n\n" + ratio + "\n"
+    ratios = [m["planner"] / m["fit-default"] for _, m in sorted(by_round.items()) if {"planner", "fit-default"} <= set(m)]
+    summary = (f"planner / --fit (defaults) generation, paired by round: "
+               f"{', '.join(f'{x:.2f}' for x in ratios)} (median **{statistics.median(ratios):.2f}x**)" if ratios else "")
+    return "\n".join(out) + "\n\n" + summary + "\n"
 
 
 def main() -> None:
