@@ -434,43 +434,13 @@ def set_values(config: Config, profile_id: str, updates: dict[str, str], dry_run
 
     ``agent=True`` (the MCP tools) adds :func:`check_agent_edit`'s rules.
     """
-    section_id = _editable_section(config, profile_id)
-    for key, value in updates.items():
-        _check_key(key)
-        validate_value(key, value, f"[{section_id}]")
-        check_not_a_flag(key, value, f"[{section_id}]")
-        if agent:
-            check_agent_edit(config, key, value, f"[{section_id}]")
-
-    def mutate(doc: ConfDocument) -> None:
-        if doc.section(section_id) is None:  # only [global] may be missing: create it on first use
-            doc.add_section(section_id, [])
-        for key, value in updates.items():
-            doc.set(section_id, key, value)
-
-    return _apply(config, section_id, mutate, dry_run)
+    return update_profile(config, profile_id, set=updates, dry_run=dry_run, agent=agent)
 
 
 def unset_values(config: Config, profile_id: str, keys: list[str], dry_run: bool = False,
                  agent: bool = False) -> EditResult:
     """Remove keys from a profile; MODEL cannot be removed."""
-    section_id = _editable_section(config, profile_id)
-    if agent:
-        for key in keys:
-            check_agent_edit(config, key, None, f"[{section_id}]")
-    section = config.document.section(section_id)
-    missing = [k for k in keys if section is None or section.get(k) is None]
-    if missing:
-        raise ValidationError(missing[0], "", f"not set in [{section_id}]; set keys: "
-                              f"{', '.join(e.key for e in section.entries) if section else 'none'}")
-    if "MODEL" in keys and section_id != GLOBAL_SECTION:
-        raise ValidationError("MODEL", "", "is required; retire the profile instead of removing its model")
-
-    def mutate(doc: ConfDocument) -> None:
-        for key in keys:
-            doc.unset(section_id, key)
-
-    return _apply(config, section_id, mutate, dry_run)
+    return update_profile(config, profile_id, unset=keys, dry_run=dry_run, agent=agent)
 
 
 def update_profile(config: Config, profile_id: str, set: dict[str, str] | None = None,
