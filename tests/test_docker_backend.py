@@ -20,6 +20,7 @@ import pytest
 
 from mcp_server import dockerimage
 from mcp_server.argv import LaunchSpec, launch_spec
+from mcp_server.files import sha256_of
 from mcp_server.docker_backend import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROFILE, DockerBackend, DockerError,
                                        DockerImageMissing, container_name)
 from mcp_server.instances import InstanceRecord, InstanceStatus, new_instance_id
@@ -138,7 +139,7 @@ def test_build_local_image_is_idempotent(docker_client: Any, monkeypatch: pytest
         first = dockerimage.build_local_image(tag, REAL_ENGINE)
         assert dockerimage.image_exists(tag)
         labels = dockerimage.image_labels(tag)
-        assert labels and labels[dockerimage.LABEL_ENGINE_SHA] == dockerimage._sha256(Path(REAL_ENGINE).resolve())
+        assert labels and labels[dockerimage.LABEL_ENGINE_SHA] == sha256_of(Path(REAL_ENGINE).resolve())
         assert labels[dockerimage.LABEL_BACKEND] == "cpu"
         config = docker_client.images.get(tag).attrs["Config"]
         assert config["Entrypoint"] == ["/usr/local/bin/llama-server"]
