@@ -19,18 +19,21 @@ Format (compatible with the original wrapper's three parsers, but strict where t
 from __future__ import annotations
 
 import difflib
+import errno
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from .errors import ConfConflictError, ConfParseError
+from .errors import ConfConflictError, ConfParseError, StorageError
 
 __all__ = [
     "KEY_RE",
@@ -38,6 +41,8 @@ __all__ = [
     "ConfDocument",
     "Entry",
     "Section",
+    "edit_lock",
+    "fingerprint_of",
     "unified_diff",
 ]
 
@@ -405,7 +410,13 @@ class ConfDocument:
         """Write atomically; return the backup made, if any.
 
         Refuses (ConfConflictError, nothing written) when the file this document was loaded from
-        has changed on disk since, so that a concurrent edit is never silently overwritten.
+        has changed on disk since, so that a concurrent edit is never silently overwritten. Callers
+        that read, edit and save hold :func:`edit_lock` across all three, which makes this check
+        exact between llama-pilot processes; against an editor that ignores the lock it still
+        narrows the window to the moment of the rename.
+
+        The new text is written (and synced) before the backup is taken, and old backups are only
+        pruned after the rename: a full or read-only disk fails before anything else changes.
         """
         target = Path(path) if path is not None else self.path
         if target is None:
@@ -416,12 +427,26 @@ class ConfDocument:
 
         # Write through a symlink, not over it.
         real = Path(os.path.realpath(target))
-        backup = None
-        if backup_dir is not None and real.exists():
-            backup = _backup(real, Path(backup_dir), target.name, keep_backups)
-
         data = self.render().encode("utf-8")
-        _atomic_write(real, data)
+        try:
+            tmp = _write_temp(real, data)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "save", real, fix=_conf_fix(exc, real)) from None
+        backup = None
+        try:
+            if backup_dir is not None and real.exists():
+                backup = _backup(real, Path(backup_dir), target.name)
+            os.replace(tmp, real)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            where = real if backup is not None or backup_dir is None else Path(backup_dir)
+            raise StorageError.from_os_error(exc, "save" if where == real else "back up to", where) from None
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _sync_dir(real.parent)
+        if backup is not None:
+            _prune_backups(Path(backup_dir), target.name, keep_backups)  # type: ignore[arg-type]
         self.path = target
         self._fingerprint = hashlib.sha256(data).hexdigest()
         return backup
@@ -461,24 +486,31 @@ class ConfDocument:
             )
 
 
-def _backup(source: Path, backup_dir: Path, name: str, keep: int) -> Path:
+def _backup(source: Path, backup_dir: Path, name: str) -> Path:
     backup_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc)
     # Two saves in one microsecond must not overwrite each other's backup.
     while (backup_dir / f"{name}.{stamp.strftime(_BACKUP_STAMP)}").exists():
         stamp += timedelta(microseconds=1)
     backup = backup_dir / f"{name}.{stamp.strftime(_BACKUP_STAMP)}"
-    shutil.copy2(source, backup)
+    try:
+        shutil.copy2(source, backup)
+    except BaseException:
+        backup.unlink(missing_ok=True)  # a half-copied backup would push a good one out later
+        raise
+    return backup
 
+
+def _prune_backups(backup_dir: Path, name: str, keep: int) -> None:
     pattern = re.compile(re.escape(name) + r"\." + _BACKUP_STAMP_RE)
     # Timestamps sort lexically in time order.
     backups = sorted(p for p in backup_dir.iterdir() if pattern.fullmatch(p.name))
     for old in backups[:-keep]:
         old.unlink(missing_ok=True)
-    return backup
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
+def _write_temp(target: Path, data: bytes) -> str:
+    """``data`` in a synced temporary file beside ``target``, with the mode ``target`` has (or would get)."""
     try:
         mode = stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
@@ -494,13 +526,16 @@ def _atomic_write(target: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    # Make the rename itself durable; not every platform lets us open a directory.
+    return tmp
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename durable; not every platform lets us open a directory."""
     try:
-        dir_fd = os.open(target.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -509,6 +544,43 @@ def _atomic_write(target: Path, data: bytes) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def _conf_fix(exc: OSError, real: Path) -> str | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space on the disk holding {real.parent}, then try again"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"make {real.parent} writable (the file is replaced atomically, so its folder must be), "
+                "or copy models.conf to a writable folder and pass --config")
+    return None
+
+
+@contextmanager
+def edit_lock(path: Path | str) -> Iterator[None]:
+    """Exclusive across processes for one models.conf: hold it from the read an edit checks to the rename.
+
+    The lock is an flock on the file's folder (after following a symlink to the real file), not on
+    the file: a rename replaces the file's inode, and a lock on the old inode would not stop the
+    next writer. Locking the folder also leaves no lock file beside the user's models.conf.
+    """
+    folder = Path(os.path.realpath(path)).parent
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, "lock the folder of", folder) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
+def fingerprint_of(path: Path | str) -> str | None:
+    """sha256 of the file's bytes now, or None if it is gone."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 def unified_diff(before: str, after: str, path: str) -> str:

@@ -9,7 +9,8 @@
     ├── EngineError                 llama-server is missing, too old, or will not build
     │   ├── EngineNotFound          no binary anywhere we look (says how to build one)
     │   └── EngineBuildError        a build step failed (step name, log path)
-    └── DemoModelError              the demo GGUF cannot be installed or verified
+    ├── DemoModelError              the demo GGUF cannot be installed or verified
+    └── StorageError                a file or folder cannot be written (read-only, full, no permission)
 
 The front doors (CLI, MCP) translate this tree once each; nothing else is shown to users
 as-is, so an unexpected exception is a bug, not a message.
@@ -17,6 +18,7 @@ as-is, so an unexpected exception is a bug, not a message.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -83,3 +85,43 @@ class EngineBuildError(EngineError):
 
 class DemoModelError(LlamaPilotError):
     """The demo model cannot be installed or does not verify."""
+
+
+class StorageError(LlamaPilotError):
+    """A file or folder llama-pilot must write cannot be written: read-only, full, or not ours.
+
+    The message names the path, what was being done and the fix, so a read-only home or a full disk
+    reads as one sentence instead of a traceback."""
+
+    def __init__(self, path: Path | str, action: str, reason: str, fix: str) -> None:
+        self.path = str(path)
+        self.action = action
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"cannot {action} {self.path}: {reason}. Fix: {fix}")
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, action: str, path: Path | str | None = None,
+                      fix: str | None = None) -> "StorageError":
+        where = path if path is not None else (exc.filename or "?")
+        reason = exc.strerror or str(exc)
+        if fix is None:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                fix = "free space on that disk (or move LLAMA_PILOT_HOME to another one), then try again"
+            elif exc.errno == errno.EROFS:
+                fix = ("the file system is mounted read-only: set LLAMA_PILOT_HOME (or --config) to a folder "
+                       "on a writable disk")
+            elif exc.errno in (errno.EACCES, errno.EPERM):
+                fix = "give your user write permission there, or set LLAMA_PILOT_HOME (or --config) elsewhere"
+            else:
+                fix = "check that the path exists and is writable"
+        return cls(where, action, reason, fix)
+
+
+# errno values that mean "this storage cannot take the write", as opposed to a bug.
+STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                            errno.EISDIR, errno.ENAMETOOLONG})
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS

@@ -11,14 +11,15 @@ not change; this module only decides what the keys mean.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import paths
-from .conffile import KEY_RE, SECTION_ID_RE, ConfDocument, Section, unified_diff
+from .conffile import KEY_RE, SECTION_ID_RE, ConfDocument, Section, edit_lock, fingerprint_of, unified_diff
 from .errors import ConfigError, ProfileNotFound, ValidationError
 
 GLOBAL_SECTION = "global"
@@ -411,6 +412,21 @@ def _check_key(key: str) -> None:
         raise ValidationError(key, "", "keys are letters, digits and _ and start with a letter or _")
 
 
+@contextmanager
+def _editing(config: Config) -> Iterator[Config]:
+    """Hold the file's edit lock and yield the config as it is on disk now.
+
+    Every edit reads, checks, changes and saves inside this block. A writer that waited for the
+    lock sees the file its predecessor wrote and applies its own edit on top of it, so parallel
+    edits all land (or fail with a reason), and none reports "saved" for a write that was lost.
+    """
+    with edit_lock(config.path):
+        current = config
+        if config.document.fingerprint is not None and fingerprint_of(config.path) != config.document.fingerprint:
+            current = load_config(config.path)
+        yield current
+
+
 def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditResult:
     """Run ``mutate(document)`` on the loaded document, re-validate the whole file, then save."""
     document = config.document
@@ -451,6 +467,12 @@ def update_profile(config: Config, profile_id: str, set: dict[str, str] | None =
         raise ValidationError("set/unset", "", "nothing to change: give keys to set or to unset")
     if both := sorted(updates.keys() & removals):
         raise ValidationError(both[0], "", "is both set and unset; pick one")
+    with _editing(config) as current:
+        return _update(current, profile_id, updates, removals, dry_run, agent)
+
+
+def _update(config: Config, profile_id: str, updates: dict[str, str], removals: list[str], dry_run: bool,
+            agent: bool) -> EditResult:
     section_id = _editable_section(config, profile_id)
     where = f"[{section_id}]"
     for key, value in updates.items():
@@ -484,6 +506,12 @@ def update_profile(config: Config, profile_id: str, set: dict[str, str] | None =
 def create_profile(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None = None,
                    dry_run: bool = False, agent: bool = False) -> EditResult:
     """Append a new ``[profile_id]`` section at the end of the file."""
+    with _editing(config) as current:
+        return _create(current, profile_id, values, comments, dry_run, agent)
+
+
+def _create(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None, dry_run: bool,
+            agent: bool) -> EditResult:
     if not SECTION_ID_RE.match(profile_id) or profile_id == GLOBAL_SECTION:
         raise ValidationError("profile", profile_id, "ids are letters, digits, '-', '_' and '.'; 'global' is reserved")
     if profile_id in config.profiles:
@@ -510,14 +538,15 @@ def create_profile(config: Config, profile_id: str, values: dict[str, str], comm
 
 def retire_profile(config: Config, profile_id: str, note: str | None = None, dry_run: bool = False) -> EditResult:
     """Comment the profile out (the original's convention) instead of deleting it."""
-    config.profile(profile_id)
-    if note is not None and ("\n" in note or "\r" in note):
+    if note is not None and ("\n" in note or "\r" in note or "\0" in note):
         raise ValidationError("note", note, "a note must fit on one line")
 
     def mutate(doc: ConfDocument) -> None:
         doc.retire_section(profile_id, note=note)
 
-    return _apply(config, profile_id, mutate, dry_run)
+    with _editing(config) as current:
+        current.profile(profile_id)
+        return _apply(current, profile_id, mutate, dry_run)
 
 
 def _editable_section(config: Config, profile_id: str) -> str:

@@ -135,13 +135,25 @@ def test_invalid_edit_is_refused_and_file_untouched(write_conf):
     assert path.read_bytes() == before
 
 
-def test_save_refuses_when_file_changed_since_read(write_conf):
+def test_edit_of_a_stale_config_is_applied_on_top_of_the_newer_file(write_conf):
+    # The edit re-reads the file under the edit lock: someone else's change and ours both remain.
     path = write_conf(BASIC)
     config = load_config(path)
     path.write_text(BASIC + "\n# someone else's edit\n")
-    with pytest.raises(ConfConflictError):
+    set_values(config, "glm-flash-q4", {"CTX_SIZE": "4096"})
+    text = path.read_text()
+    assert "# someone else's edit\n" in text
+    assert "CTX_SIZE=4096" in text
+
+
+def test_edit_of_a_stale_config_fails_clearly_when_its_profile_is_gone(write_conf):
+    path = write_conf(BASIC)
+    config = load_config(path)
+    path.write_text(BASIC.replace("[glm-flash-q4]", "[renamed]"))
+    before = path.read_bytes()
+    with pytest.raises(ProfileNotFound, match="glm-flash-q4"):
         set_values(config, "glm-flash-q4", {"CTX_SIZE": "4096"})
-    assert path.read_text().endswith("# someone else's edit\n")
+    assert path.read_bytes() == before
 
 
 def test_unset_and_model_cannot_be_unset(write_conf):
