@@ -14,10 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import psutil
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .argv import LaunchSpec
 from .errors import LlamaPilotError
@@ -30,6 +30,38 @@ class ProcessState(BaseModel):
     detail: str | None = None  # e.g. "OOMKilled", "pid reused by another program"
 
 
+# Every server llama-pilot starts carries these in its environment (native) or labels (Docker):
+# which LLAMA_PILOT_HOME started it, as which instance of which profile. They are what tells our
+# own servers from another home's, a test suite's or one a person started by hand.
+MARK_HOME = "LLAMA_PILOT_OWNER_HOME"
+MARK_INSTANCE = "LLAMA_PILOT_OWNER_INSTANCE"
+MARK_PROFILE = "LLAMA_PILOT_OWNER_PROFILE"
+
+Owner = Literal["ours", "home-gone", "other-home", "unmarked", "unreadable"]
+
+
+def owner_marks(home: Path, instance_id: str, profile: str) -> dict[str, str]:
+    return {MARK_HOME: str(home), MARK_INSTANCE: instance_id, MARK_PROFILE: profile}
+
+
+def classify_owner(marks: dict[str, str] | None, home: Path, same_user: bool) -> Owner:
+    """Whose server this is, from its marks: this home's, a vanished home's (same user), or not ours."""
+    if marks is None:
+        return "unreadable"
+    marked_home = marks.get(MARK_HOME)
+    if not marked_home or not marks.get(MARK_INSTANCE):
+        return "unmarked"
+    if os.path.abspath(marked_home) == os.path.abspath(home):
+        return "ours"
+    if same_user and not os.path.isdir(marked_home):
+        return "home-gone"  # its home was deleted or moved away: nobody else can manage it
+    return "other-home"
+
+
+# Owners whose servers this home may adopt and stop without naming them one by one.
+OWN = ("ours", "home-gone")
+
+
 class Unmanaged(BaseModel):
     """A llama-server (process or container) that no record owns."""
 
@@ -40,12 +72,23 @@ class Unmanaged(BaseModel):
     port: int | None = None
     model_path: str | None = None
     started_at: float
+    owner: Owner = Field(description="ours: started by this LLAMA_PILOT_HOME; home-gone: by a home that no "
+                                     "longer exists (same user); other-home, unmarked (started by hand or by "
+                                     "another tool), unreadable (another user's): foreign, never touched "
+                                     "without --force")
+    home: str | None = Field(default=None, description="the LLAMA_PILOT_HOME that started it, from its marks")
+    instance: str | None = Field(default=None, description="its instance id, from its marks")
+    profile: str | None = Field(default=None, description="its profile id, from its marks")
+
+    @property
+    def is_own(self) -> bool:
+        return self.owner in OWN
 
 
 class Backend(Protocol):
     name: str
 
-    def launch(self, record: InstanceRecord, spec: LaunchSpec) -> InstanceRecord: ...
+    def launch(self, record: InstanceRecord, spec: LaunchSpec, hold_fd: int | None = None) -> InstanceRecord: ...
 
     def state(self, record: InstanceRecord) -> ProcessState: ...
 
@@ -53,7 +96,7 @@ class Backend(Protocol):
 
     def read_log(self, record: InstanceRecord) -> str: ...
 
-    def unmanaged(self, known: list[InstanceRecord]) -> list[Unmanaged]: ...
+    def unmanaged(self, known: list[InstanceRecord], home: Path) -> list[Unmanaged]: ...
 
 
 def append_separator(log_path: Path, text: str) -> None:
@@ -87,19 +130,24 @@ class NativeBackend:
 
     name = "native"
 
-    def launch(self, record: InstanceRecord, spec: LaunchSpec) -> InstanceRecord:
+    def launch(self, record: InstanceRecord, spec: LaunchSpec, hold_fd: int | None = None) -> InstanceRecord:
+        """Start the keeper, which starts llama-server; returns the record with both pids.
+
+        ``hold_fd`` is the registry lock's descriptor: the keeper inherits it and closes it only once
+        the pid file is written, so a launcher killed at any moment leaves the lock held until the
+        server can be found from its record (see :meth:`recover`).
+        """
         log_path = Path(record.log_path)
-        run_dir = Path(record.exit_file or "").parent
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pid_file = run_dir / f"{record.id}.pid"
-        exit_file = Path(record.exit_file or run_dir / f"{record.id}.exit")
+        pid_file, exit_file = run_files(record)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
         for stale in (pid_file, exit_file):
             stale.unlink(missing_ok=True)
+        hold = ["--hold-fd", str(hold_fd)] if hold_fd is not None else []
         with open(log_path, "ab") as log:
             keeper = subprocess.Popen(
-                [sys.executable, "-m", "mcp_server.keeper", str(pid_file), str(exit_file), "--", *spec.argv],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **spec.env},
-                start_new_session=True, close_fds=True)
+                [sys.executable, "-m", "mcp_server.keeper", *hold, str(pid_file), str(exit_file), "--", *spec.argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **record.env},
+                start_new_session=True, close_fds=True, pass_fds=(hold_fd,) if hold_fd is not None else ())
         pid = self._wait_pid(pid_file, exit_file, keeper)
         return record.model_copy(update={"pid": pid, "supervisor_pid": keeper.pid, "pid_create_time": create_time(pid),
                                          "exit_file": str(exit_file)})
@@ -108,15 +156,25 @@ class NativeBackend:
     def _wait_pid(pid_file: Path, exit_file: Path, keeper: subprocess.Popen[bytes]) -> int | None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if pid_file.exists():
-                try:
-                    return int(json.loads(pid_file.read_text())["pid"])
-                except (ValueError, KeyError):
-                    pass
+            pids = _read_pids(pid_file)
+            if pids is not None:
+                return pids[0]
             if exit_file.exists() or keeper.poll() is not None:
                 return None  # could not exec the engine: the exit file says why
             time.sleep(0.005)
         raise LlamaPilotError("the keeper process did not start llama-server within 10 s")
+
+    def recover(self, record: InstanceRecord) -> InstanceRecord:
+        """A record saved before its launcher learned the pids (the launcher was killed): fill them in
+        from the keeper's pid file. Unchanged when there is nothing to recover."""
+        if record.pid is not None or not record.exit_file:
+            return record
+        pids = _read_pids(run_files(record)[0])
+        if pids is None:
+            return record
+        pid, keeper_pid = pids
+        return record.model_copy(update={"pid": pid, "supervisor_pid": keeper_pid or record.supervisor_pid,
+                                         "pid_create_time": create_time(pid)})
 
     def state(self, record: InstanceRecord) -> ProcessState:
         ended = _read_exit(record)
@@ -132,8 +190,8 @@ class NativeBackend:
                 if ended is not None:
                     return ProcessState(alive=False, exit_code=ended)
                 time.sleep(0.01)
-        if record.pid and psutil.pid_exists(record.pid):
-            return ProcessState(alive=False, detail="pid now belongs to another program (record is stale)")
+        if record.pid:
+            return ProcessState(alive=False, detail=_gone_detail(record.pid, record.pid_create_time))
         return ProcessState(alive=False, detail="process is gone and no exit status was recorded")
 
     def stop(self, record: InstanceRecord, grace_s: float) -> ProcessState:
@@ -164,19 +222,71 @@ class NativeBackend:
         except FileNotFoundError:
             return ""
 
-    def unmanaged(self, known: list[InstanceRecord]) -> list[Unmanaged]:
+    def unmanaged(self, known: list[InstanceRecord], home: Path) -> list[Unmanaged]:
         owned = {r.pid for r in known if r.pid} | {r.supervisor_pid for r in known if r.supervisor_pid}
+        me = os.geteuid()
         found = []
-        for proc in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
-            info = proc.info
-            cmd = info.get("cmdline") or []
-            if not cmd or Path(cmd[0]).name != "llama-server" or info["pid"] in owned:
+        # "name" is read from /proc/<pid>/stat, which is cheap; cmdline and environ only for matches.
+        for proc in psutil.process_iter(["pid", "name"]):
+            if proc.info.get("name") != "llama-server" or proc.info["pid"] in owned:
                 continue
-            if _in_container(info["pid"]):
-                continue  # the Docker backend reports those through the Docker API
-            found.append(Unmanaged(backend=self.name, pid=info["pid"], argv=cmd, port=argv_port(cmd),
-                                   model_path=argv_model(cmd), started_at=info["create_time"]))
+            try:
+                cmd = proc.cmdline()
+                started = proc.create_time()
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.Error:
+                continue
+            if not cmd or Path(cmd[0]).name != "llama-server" or _in_container(proc.pid):
+                continue  # the Docker backend reports containers through the Docker API
+            marks = _marks(proc)
+            try:
+                same_user = proc.uids().effective == me
+            except psutil.Error:
+                same_user = False
+            found.append(Unmanaged(backend=self.name, pid=proc.pid, argv=cmd, port=argv_port(cmd),
+                                   model_path=argv_model(cmd), started_at=started,
+                                   owner=classify_owner(marks, home, same_user),
+                                   home=(marks or {}).get(MARK_HOME), instance=(marks or {}).get(MARK_INSTANCE),
+                                   profile=(marks or {}).get(MARK_PROFILE)))
         return found
+
+
+def run_files(record: InstanceRecord) -> tuple[Path, Path]:
+    """The keeper's pid file and exit file of an instance (the pid file sits beside the exit file)."""
+    exit_file = Path(record.exit_file or "")
+    return exit_file.with_suffix(".pid"), exit_file
+
+
+def _read_pids(pid_file: Path) -> tuple[int, int | None] | None:
+    try:
+        data = json.loads(pid_file.read_text())
+        return int(data["pid"]), (int(data["keeper_pid"]) if data.get("keeper_pid") else None)
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _marks(proc: psutil.Process) -> dict[str, str] | None:
+    """The llama-pilot marks in a process's environment; None when the environment is not readable."""
+    try:
+        env = proc.environ()
+    except psutil.Error:
+        return None
+    return {k: env[k] for k in (MARK_HOME, MARK_INSTANCE, MARK_PROFILE) if k in env}
+
+
+def _gone_detail(pid: int, started: float | None) -> str:
+    """Why a recorded pid is not our running server: ended but not yet reaped, reused, or gone."""
+    try:
+        proc = psutil.Process(pid)
+        same = started is None or abs(proc.create_time() - started) < 0.01
+        if same and proc.status() == psutil.STATUS_ZOMBIE:
+            return "the process has ended and is waiting to be reaped by its parent"
+        if not same:
+            return "its pid now belongs to another program (the record is stale)"
+    except psutil.Error:
+        pass
+    return "process is gone and no exit status was recorded"
 
 
 def _in_container(pid: int) -> bool:

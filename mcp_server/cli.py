@@ -315,7 +315,7 @@ def _duration(seconds: float | None) -> str:
 
 backend_option = click.option("--backend", type=click.Choice(["native", "docker"]),
                               help="Override the profile's BACKEND.")
-timeout_option = click.option("--timeout", "timeout_s", type=float,
+timeout_option = click.option("--timeout", "timeout_s", type=click.FloatRange(0, 86400, min_open=True),
                               help="Seconds to wait for the model to load (default grows with model size).")
 
 
@@ -391,10 +391,18 @@ def switch(ctx: click.Context, profile: str, backend: str | None, timeout_s: flo
 def status(ctx: click.Context, as_json: bool) -> None:
     """Every instance: loading / ready / failed / stopped, port, pid, uptime, and the cause of a failure."""
     with cli_errors():
-        views = _runtime(ctx).status()
+        runtime = _runtime(ctx)
+        views = runtime.status()
+        others = [] if as_json else runtime.elsewhere()
     if as_json:
         return emit_json(views)
     click.echo(_instance_rows(views) if views else "nothing running")
+    for v in views:
+        if v.note:
+            click.echo(f"note: {v.profile}: {v.note}")
+    for o in others:
+        click.echo(f"also running, started by another llama-pilot home ({o.home}): {o.profile} pid {o.pid} port "
+                   f"{o.port}; manage it with LLAMA_PILOT_HOME={o.home} llama-pilot ...")
 
 
 @cli.command()
@@ -447,26 +455,45 @@ def load_report_cmd(ctx: click.Context, target: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--adopt", "adopt_all", is_flag=True, help="Take every orphan under management.")
-@click.option("--stop", "stop_all", is_flag=True, help="Stop every orphan.")
+@click.option("--adopt", "adopt_all", is_flag=True, help="Take this home's orphans back under management.")
+@click.option("--stop", "stop_all", is_flag=True, help="Stop this home's orphans.")
+@click.option("--stop-pid", "stop_pid", type=int, help="Stop one foreign llama-server by pid (needs --force).")
+@click.option("--force", is_flag=True, help="With --stop-pid: stop it although it is not this home's.")
 @json_option
 @click.pass_context
-def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, as_json: bool) -> None:
-    """llama-server processes or llama-pilot containers that no record owns (left by a killed manager)."""
+def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, stop_pid: int | None, force: bool,
+            as_json: bool) -> None:
+    """llama-server processes or containers no record owns; only this home's are adopted or stopped.
+
+    Servers started by another LLAMA_PILOT_HOME, by hand or by another tool are listed as foreign and
+    left alone; --stop-pid PID --force stops one of them.
+    """
+    if force and stop_pid is None:
+        raise click.UsageError("--force only goes with --stop-pid PID")
     with cli_errors():
         runtime = _runtime(ctx)
+        if stop_pid is not None:
+            stopped = runtime.stop_foreign(stop_pid, force=force)
+            if as_json:
+                return emit_json({"orphans": [stopped], "handled": []})
+            click.echo(f"stopped pid {stopped.pid} ({stopped.owner})")
+            return
         found = runtime.orphans()
-        adopted = [runtime.adopt(o) for o in found] if adopt_all or stop_all else []
+        own = [o for o in found if o.is_own]
+        handled = [runtime.adopt(o) for o in own] if adopt_all or stop_all else []
         if stop_all:
-            adopted = [v for a in adopted for v in runtime.stop(a.id)]
+            handled = [v for a in handled for v in runtime.stop(a.id)]
     if as_json:
-        return emit_json({"orphans": found, "handled": adopted})
+        return emit_json({"orphans": found, "handled": handled})
     for o in found:
-        click.echo(f"{o.backend} pid {o.pid or ''} {o.container_id or ''} port {o.port} model {o.model_path}")
+        whose = "this home's" if o.owner == "ours" else o.owner + (f" ({o.home})" if o.home else "")
+        click.echo(f"{o.backend} pid {o.pid or ''} {o.container_id or ''} port {o.port} model {o.model_path}: {whose}")
     if not found:
         click.echo("no orphans")
-    for v in adopted:
+    for v in handled:
         click.echo(f"{'stopped' if stop_all else 'adopted'} {v.profile} ({v.id})")
+    if (adopt_all or stop_all) and len(own) < len(found):
+        click.echo(f"left alone: {len(found) - len(own)} foreign server(s); stop one with --stop-pid PID --force")
 
 
 # --- placement -------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 
 from .argv import LaunchSpec
-from .backends import ProcessState, Unmanaged, argv_model, argv_port, create_time
+from .backends import (MARK_HOME, MARK_INSTANCE, MARK_PROFILE, ProcessState, Unmanaged, argv_model, argv_port,
+                       classify_owner, create_time)
 from .errors import LlamaPilotError
 from .instances import InstanceRecord
 from .profiles import DEFAULT_DOCKER_IMAGE
@@ -35,6 +36,7 @@ LABEL_MANAGED = "llama-pilot.managed"
 LABEL_PROFILE = "llama-pilot.profile"
 LABEL_INSTANCE = "llama-pilot.instance"
 LABEL_LOG = "llama-pilot.log-path"
+LABEL_HOME = "llama-pilot.home"  # the LLAMA_PILOT_HOME that started it: only that home adopts or stops it
 LABEL_IMAGE_BACKEND = "llama-pilot.backend"  # set on images: "cpu" images never get GPUs
 MODELS_MOUNT = "/models"
 NAME_PREFIX = "llama-pilot-"
@@ -117,7 +119,9 @@ class DockerBackend:
 
     # -- launch -------------------------------------------------------------------------------
 
-    def launch(self, record: InstanceRecord, spec: LaunchSpec) -> InstanceRecord:
+    def launch(self, record: InstanceRecord, spec: LaunchSpec, hold_fd: int | None = None) -> InstanceRecord:
+        # hold_fd matters only to processes that outlive their launcher; a container is created in
+        # one API call and found again by its labels.
         docker = _docker()
         client = self.client
         try:
@@ -134,7 +138,7 @@ class DockerBackend:
         cpu_image = image_labels.get(LABEL_IMAGE_BACKEND) == "cpu"
 
         devices = record.visible_devices if record.visible_devices is not None else spec.visible_devices
-        env = dict(spec.env)
+        env = {**spec.env, **record.env}
         requests = []
         if not cpu_image and (self.gpus == "all" or devices):
             if self.gpus == "all" and not devices:
@@ -155,7 +159,7 @@ class DockerBackend:
             network_mode="host",
             volumes={self.models_dir: {"bind": MODELS_MOUNT, "mode": "ro"}},
             labels={LABEL_MANAGED: "true", LABEL_PROFILE: record.profile, LABEL_INSTANCE: record.id,
-                    LABEL_LOG: record.log_path},
+                    LABEL_LOG: record.log_path, LABEL_HOME: record.env.get(MARK_HOME, "")},
             environment=env,
             stop_signal="SIGTERM",
             detach=True,
@@ -280,7 +284,7 @@ class DockerBackend:
 
     # -- orphans ------------------------------------------------------------------------------
 
-    def unmanaged(self, known: list[InstanceRecord]) -> list[Unmanaged]:
+    def unmanaged(self, known: list[InstanceRecord], home: Path) -> list[Unmanaged]:
         """llama-pilot containers (running or exited) that no record owns, and running containers
         whose main process is a llama-server llama-pilot did not start (e.g. an older compose setup)."""
         docker = _docker()
@@ -298,24 +302,30 @@ class DockerBackend:
             seen.add(container.id)
             if labels.get(LABEL_INSTANCE) in known_ids or container.id in known_containers:
                 continue
-            found.append(self._describe(container))
+            marks = {MARK_HOME: labels.get(LABEL_HOME, ""), MARK_INSTANCE: labels.get(LABEL_INSTANCE, ""),
+                     MARK_PROFILE: labels.get(LABEL_PROFILE, "")}
+            # The Docker daemon is shared by every user who may use it: a container is "ours" only
+            # by its home label, never because its home is gone.
+            found.append(self._describe(container, marks, home))
         for container in others:
             if container.id in seen or container.id in known_containers:
                 continue
             attrs = container.attrs
             if PurePosixPath(attrs.get("Path") or "").name != "llama-server":
                 continue
-            found.append(self._describe(container))
+            found.append(self._describe(container, {}, home))
         return found
 
-    def _describe(self, container: Any) -> Unmanaged:
+    def _describe(self, container: Any, marks: dict[str, str], home: Path) -> Unmanaged:
         attrs = container.attrs
         state = attrs.get("State") or {}
         argv = [attrs.get("Path") or "llama-server", *(attrs.get("Args") or [])]
         pid = int(state.get("Pid") or 0) or None
         return Unmanaged(backend=self.name, pid=pid, container_id=container.id, argv=argv,
                          port=_host_port(attrs, argv_port(argv)), model_path=_host_model(attrs, argv_model(argv)),
-                         started_at=_started_at(attrs))
+                         started_at=_started_at(attrs), owner=classify_owner(marks, home, same_user=False),
+                         home=marks.get(MARK_HOME) or None, instance=marks.get(MARK_INSTANCE) or None,
+                         profile=marks.get(MARK_PROFILE) or None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ class InstanceRecord(BaseModel):
     exit_code: int | None = None
     diagnosis: Diagnosis | None = None
     adopted: bool = False
+    note: str | None = Field(default=None, description="how the record came to be, when not by a start here "
+                                                       "(e.g. recovered after the state folder was lost)")
     stop_requested: bool = Field(default=False, description="a stop was asked for: the end is a stop, not a failure")
 
     @property
@@ -108,6 +110,7 @@ class Registry:
         self.root = root or paths.state_dir()
         self.dir = self.root / "instances"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(exist_ok=True)
         self._lock_path = self.root / "lock"
         self._depth = 0
         self._lock_fd: int | None = None
@@ -133,6 +136,16 @@ class Registry:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The lock's descriptor while this process holds it: a child that inherits it holds the lock too."""
+        return self._lock_fd
+
+    @property
+    def run_dir(self) -> Path:
+        """The keepers' pid and exit files, ``<instance id>.pid`` / ``.exit``."""
+        return self.root / "run"
 
     def _path(self, instance_id: str) -> Path:
         return self.dir / f"{instance_id}.json"
@@ -167,4 +180,23 @@ class Registry:
             raise
 
     def delete(self, instance_id: str) -> None:
+        """Forget an instance: its record and its keeper's pid and exit files."""
         self._path(instance_id).unlink(missing_ok=True)
+        for suffix in (".pid", ".exit"):
+            (self.run_dir / f"{instance_id}{suffix}").unlink(missing_ok=True)
+
+    def prune_run_files(self) -> int:
+        """Remove pid and exit files that no record refers to (left by older versions or lost records).
+
+        Call under the lock: a launch saves its record before its keeper writes these files."""
+        if not self.run_dir.is_dir():
+            return 0
+        known = {p.stem for p in self.dir.glob("*.json")}
+        removed = 0
+        for path in self.run_dir.iterdir():
+            name = path.name.removesuffix(".tmp")
+            for suffix in (".pid", ".exit"):
+                if name.endswith(suffix) and name.removesuffix(suffix) not in known:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed

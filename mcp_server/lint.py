@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from . import ggufmeta
 from .errors import LlamaPilotError
-from .profiles import Config, Profile, parse_tensor_overrides, split_extra_args
+from .profiles import PROFILE_ID_RE, Config, Profile, parse_tensor_overrides, split_extra_args
 
 Severity = Literal["error", "warning", "info"]
 
@@ -162,6 +162,21 @@ def lint_profile(profile: Profile, config: Config) -> list[Finding]:
             add("bench-samplers", "warning", samplers[0],
                 "benchmark profiles should leave sampling to the client (greedy decoding); remove "
                 + ", ".join(sorted(set(samplers))))
+    if not PROFILE_ID_RE.match(profile.id):
+        add("bad-id", "error", None,
+            f"profile id {profile.id[:80]!r} {'is longer than 64 characters' if len(profile.id) > 64 else 'must start with a letter, digit or _'}: "
+            "it names files and is typed on command lines (and MCP tools cannot address it); rename the section")
+    if raw_extra := profile.get("EXTRA_ARGS"):
+        from .server_flags import risky_uses
+
+        try:
+            words = split_extra_args(raw_extra)
+        except LlamaPilotError:
+            words = []
+        for spelling, what in risky_uses(words):
+            add("risky-flag", "warning", "EXTRA_ARGS",
+                f"EXTRA_ARGS uses {spelling}, which {what}: make sure you trust what it names (agents cannot "
+                "set it; only a person can)")
     for key in profile.unknown_keys:
         add("unknown-key", "info", key, f"{key} is not a key llama-pilot knows; it is kept but not used")
     for key, value in profile.values.items():

@@ -14,8 +14,9 @@ from .errors import LlamaPilotError
 from .calibration import Measurement
 from .placement import PlanResult, ProfileEstimate, calibrate as core_calibrate, estimate_profile, plan
 from .profiles import load_config, model_path_inside
+from .profiles import PROFILE_ID_PATTERN
 
-ProfileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="profile id: a [section] of models.conf")]
+ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, description="profile id: a [section] of models.conf")]
 GpuSizes = Annotated[str | None, Field(
     pattern=r"^[0-9A-Za-z., ]{0,80}$",
     description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
@@ -45,7 +46,7 @@ def register_placement_tools(mcp: MCPServer, config_path: str | None) -> None:
         kv_type: Annotated[str, Field(pattern=r"^(f32|f16|bf16|q8_0|q5_1|q5_0|q4_1|q4_0|iq4_nl)$")] = "f16",
         slots: Annotated[int, Field(ge=1, le=64)] = 1,
         reserve_mib: Annotated[float, Field(ge=0, le=16384, description="MiB kept free per GPU beyond the estimate")] = 384,
-        write_profile: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="an existing profile to write the settings into")] = None,
+        write_profile: Annotated[str | None, Field(pattern=PROFILE_ID_PATTERN, description="an existing profile to write the settings into")] = None,
         dry_run: bool = False,
     ) -> PlanResult:
         """Choose placement settings for a model on the GPUs: the whole model on one GPU if it fits, else a layer split sized to each GPU, else (MoE) routed experts moved to the CPU layer by layer while attention, shared experts and KV cache stay on the GPUs, else (dense) layers on the CPU with a warning, reducing the context last. Returns models.conf settings, the predicted per-device use and what was traded. write_profile writes the settings into that profile (one edit, diff returned; dry_run previews)."""

@@ -47,11 +47,13 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("DESCRIPTION", "text", "what the profile is for"),
     KeySpec("SPEED", "text", "measured generation speed, free text such as '~147 t/s'"),
     KeySpec("MODEL", "path", "GGUF file relative to MODELS_DIR; for split files the -00001-of-0000N part", "--model"),
-    KeySpec("CTX_SIZE", "int", "context size in tokens (0 = the model's training context)", "--ctx-size", minimum=0),
-    KeySpec("N_GPU_LAYERS", "int_or_auto", "layers on GPU: a number, 'auto' or 'all'", "--n-gpu-layers"),
+    KeySpec("CTX_SIZE", "int", "context size in tokens (0 = the model's training context)", "--ctx-size", minimum=0,
+            maximum=1 << 24),
+    KeySpec("N_GPU_LAYERS", "int_or_auto", "layers on GPU: a number, 'auto' or 'all'", "--n-gpu-layers", minimum=0,
+            maximum=4096),
     KeySpec("SPLIT_MODE", "choice", "how to use several GPUs", "--split-mode", choices=("none", "layer", "row")),
     KeySpec("TENSOR_SPLIT", "list", "share of the model per GPU, e.g. 3,1 or 24,16", "--tensor-split"),
-    KeySpec("MAIN_GPU", "int", "GPU for the whole model with SPLIT_MODE=none", "--main-gpu", minimum=0),
+    KeySpec("MAIN_GPU", "int", "GPU for the whole model with SPLIT_MODE=none", "--main-gpu", minimum=0, maximum=63),
     KeySpec("FLASH_ATTN", "choice", "flash attention", "--flash-attn", choices=("on", "off", "auto")),
     KeySpec("KV_CACHE_TYPE_K", "choice", "K cache type", "--cache-type-k", choices=(
         "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")),
@@ -59,23 +61,26 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
         "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")),
     KeySpec("FIT", "onoff", "let llama.cpp fit the model to free memory", "--fit", choices=("on", "off")),
     KeySpec("FIT_TARGET", "list", "MiB to leave free per GPU when fitting: one value or one per GPU", "--fit-target"),
-    KeySpec("FIT_CTX", "int", "smallest context --fit may shrink to", "--fit-ctx", minimum=0),
+    KeySpec("FIT_CTX", "int", "smallest context --fit may shrink to", "--fit-ctx", minimum=0, maximum=1 << 24),
     KeySpec("LOAD_MODE", "choice", "how the model file is loaded: auto (memory-mapped), none (read into RAM, "
             "which lets llama.cpp repack CPU-resident weights for its faster CPU kernels), mlock, ...", "--load-mode",
             choices=("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")),
     KeySpec("OVERRIDE_TENSORS", "list", "tensor overrides, pattern=buffer, comma separated, first match wins",
             "--override-tensor"),
-    KeySpec("N_CPU_MOE", "int", "keep the experts of the first N layers on the CPU", "--n-cpu-moe", minimum=0),
-    KeySpec("PARALLEL", "int", "server slots (parallel requests)", "--parallel", minimum=1),
-    KeySpec("BATCH_SIZE", "int", "logical batch size", "--batch-size", minimum=1),
-    KeySpec("UBATCH_SIZE", "int", "physical batch size (sizes the compute buffer)", "--ubatch-size", minimum=1),
-    KeySpec("TEMP", "float", "default temperature", "--temp", minimum=0),
+    KeySpec("N_CPU_MOE", "int", "keep the experts of the first N layers on the CPU", "--n-cpu-moe", minimum=0,
+            maximum=4096),
+    KeySpec("PARALLEL", "int", "server slots (parallel requests)", "--parallel", minimum=1, maximum=256),
+    KeySpec("BATCH_SIZE", "int", "logical batch size", "--batch-size", minimum=1, maximum=1 << 20),
+    KeySpec("UBATCH_SIZE", "int", "physical batch size (sizes the compute buffer)", "--ubatch-size", minimum=1,
+            maximum=1 << 20),
+    KeySpec("TEMP", "float", "default temperature", "--temp", minimum=0, maximum=100),
     KeySpec("TOP_P", "float", "default top_p", "--top-p", minimum=0, maximum=1),
-    KeySpec("TOP_K", "int", "default top_k (0 = off)", "--top-k", minimum=0),
+    KeySpec("TOP_K", "int", "default top_k (0 = off)", "--top-k", minimum=0, maximum=1 << 20),
     KeySpec("MIN_P", "float", "default min_p", "--min-p", minimum=0, maximum=1),
     KeySpec("VISIBLE_DEVICES", "list", "GPUs this profile may use (CUDA_VISIBLE_DEVICES / Docker device request)"),
     KeySpec("BACKEND", "choice", "run llama-server natively or in Docker", choices=("native", "docker")),
-    KeySpec("PORT", "int", "port for this profile (else the global PORT)", minimum=1, maximum=65535),
+    # Below 1024 are the system's ports (22 is ssh): a model server never belongs there.
+    KeySpec("PORT", "int", "port for this profile (else the global PORT)", minimum=1024, maximum=65535),
     KeySpec("EXTRA_ARGS", "args", "any other llama-server flags; appended last, so they win"),
 )
 
@@ -100,11 +105,13 @@ _FLOAT_RE = re.compile(r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 
 def validate_value(key: str, value: str, where: str = "") -> None:
     """Raise ValidationError if ``value`` is not acceptable for a known ``key``; unknown keys pass."""
+    if "\0" in value:
+        raise ValidationError(key, value.replace("\0", "\\0"), "contains a NUL byte", where)
     spec = KEYS.get(key)
-    if spec is None:
-        return
     if "\n" in value or "\r" in value:
         raise ValidationError(key, value, "a value must fit on one line", where)
+    if spec is None:
+        return
     kind = spec.kind
     if kind in ("int", "int_or_auto"):
         if kind == "int_or_auto" and value in ("auto", "all"):
@@ -127,6 +134,9 @@ def validate_value(key: str, value: str, where: str = "") -> None:
             raise ValidationError(key, value, "expected numbers such as 3,1", where)
         if key in ("FIT_TARGET", "VISIBLE_DEVICES") and not all(_INT_RE.match(p.strip()) for p in value.split(",")):
             raise ValidationError(key, value, "expected whole numbers such as 128,1024", where)
+        limits = {"FIT_TARGET": (0, 1 << 20), "VISIBLE_DEVICES": (0, 63), "TENSOR_SPLIT": (0, 1e6)}.get(key)
+        if limits and not all(limits[0] <= float(p) <= limits[1] for p in value.split(",")):
+            raise ValidationError(key, value, f"each number must be from {limits[0]:g} to {limits[1]:g}", where)
     elif kind == "path":
         if not value:
             raise ValidationError(key, value, "expected a file path", where)
@@ -156,23 +166,15 @@ def check_not_a_flag(key: str, value: str, where: str = "") -> None:
 # Settings that name a program, a folder or a network address for the whole host. Agents (the MCP
 # tools) may not change them: an agent picks among profiles and files under MODELS_DIR, nothing else.
 HOST_ONLY_FOR_PEOPLE = frozenset({"ENGINE", "MODELS_DIR", "HOST", "DOCKER_IMAGE"})
-# EXTRA_ARGS flags an agent may not add: they read or write files outside MODELS_DIR, fetch from
-# the network, or move the server off the address and port llama-pilot chose.
-AGENT_REFUSED_FLAGS = frozenset({
-    "-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token",
-    "-hfd", "-hfrd", "--hf-repo-draft", "-hfv", "-hfrv", "--hf-repo-v", "-hffv", "--hf-file-v", "-md",
-    "--model-draft", "-mv", "--model-vocoder", "--mmproj", "--mmproj-url", "--lora", "--lora-scaled",
-    "--control-vector", "--control-vector-scaled", "--rpc", "--host", "--port", "--path", "--api-prefix",
-    "--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--slot-save-path", "--log-file",
-    "--chat-template-file", "--grammar-file", "-f", "--file", "-bf", "--binary-file", "-lcs", "--lookup-cache-static",
-    "-lcd", "--lookup-cache-dynamic", "--media-path", "--models-dir", "--models-preset", "--webui-config-file",
-    "--tools",
-})
-
-
 def check_agent_edit(config: "Config", key: str, value: str | None, where: str = "") -> None:
-    """The extra rules for edits made by an agent (MCP): see HOST_ONLY_FOR_PEOPLE, AGENT_REFUSED_FLAGS,
-    and MODEL must be a relative path that stays inside MODELS_DIR."""
+    """The extra rules for edits made by an agent (MCP).
+
+    Host settings (HOST_ONLY_FOR_PEOPLE) stay with people; MODEL must be a relative path that
+    stays inside MODELS_DIR; EXTRA_ARGS may hold only the flags on
+    :mod:`mcp_server.server_flags`' allow-list, each with a value of the kind it expects (numbers are
+    numbers, enums are enums, nothing is a path or a URL); OVERRIDE_TENSORS may name only local
+    buffers.
+    """
     if key in HOST_ONLY_FOR_PEOPLE:
         raise ValidationError(key, value or "", "is a host setting only a person may change "
                               "(llama-pilot set global ...)", where)
@@ -180,12 +182,16 @@ def check_agent_edit(config: "Config", key: str, value: str | None, where: str =
         return
     if key == "MODEL":
         model_path_inside(config, value, where)
-    if key == "EXTRA_ARGS":
-        for word in split_extra_args(value, where=where):
-            flag = word.split("=", 1)[0]
-            if flag in AGENT_REFUSED_FLAGS:
-                raise ValidationError(key, value, f"{flag} reads files, reaches the network or moves the server; "
-                                      "agents may not set it (a person can, with llama-pilot set)", where)
+    if key in ("EXTRA_ARGS", "OVERRIDE_TENSORS"):
+        from . import server_flags
+
+        try:
+            if key == "EXTRA_ARGS":
+                server_flags.check_agent_args(split_extra_args(value, where=where))
+            elif problem := server_flags.Value("overrides").check(value):
+                raise server_flags.ArgsError(problem)
+        except server_flags.ArgsError as exc:
+            raise ValidationError(key, value, str(exc), where) from None
 
 
 def model_path_inside(config: "Config", relative: str, where: str = "", key: str = "MODEL") -> Path:
@@ -503,6 +509,20 @@ def _update(config: Config, profile_id: str, updates: dict[str, str], removals: 
     return _apply(config, section_id, mutate, dry_run)
 
 
+# A profile id names files (its log, its instances' state) and is typed on command lines: it starts
+# with a letter, digit or '_' (so never '.', '..' or '-rf') and is at most 64 characters, the limit
+# the MCP tools accept too.
+PROFILE_ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+PROFILE_ID_RE = re.compile(PROFILE_ID_PATTERN)
+
+
+def check_profile_id(profile_id: str) -> None:
+    if not PROFILE_ID_RE.match(profile_id) or profile_id == GLOBAL_SECTION:
+        shown = profile_id if len(profile_id) <= 80 else profile_id[:77] + "..."
+        raise ValidationError("profile", shown, "ids start with a letter, digit or '_', then letters, digits, "
+                              "'-', '_' and '.', at most 64 characters; 'global' is reserved")
+
+
 def create_profile(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None = None,
                    dry_run: bool = False, agent: bool = False) -> EditResult:
     """Append a new ``[profile_id]`` section at the end of the file."""
@@ -512,8 +532,7 @@ def create_profile(config: Config, profile_id: str, values: dict[str, str], comm
 
 def _create(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None, dry_run: bool,
             agent: bool) -> EditResult:
-    if not SECTION_ID_RE.match(profile_id) or profile_id == GLOBAL_SECTION:
-        raise ValidationError("profile", profile_id, "ids are letters, digits, '-', '_' and '.'; 'global' is reserved")
+    check_profile_id(profile_id)
     if profile_id in config.profiles:
         raise ValidationError("profile", profile_id, "already exists; use set to change it")
     if "MODEL" not in values:

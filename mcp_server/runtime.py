@@ -18,8 +18,11 @@ from pydantic import BaseModel, Field
 
 from . import paths
 from .argv import launch_spec
-from .backends import Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time
-from .errors import LlamaPilotError
+import psutil
+
+from .backends import (Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time,
+                       owner_marks)
+from .errors import LlamaPilotError, ValidationError
 from .health import health
 from .instances import Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
 from .loadlog import LoadProgress, LoadReport, diagnose, load_progress, parse_load_report, strip_ansi
@@ -92,6 +95,7 @@ class InstanceView(BaseModel):
     diagnosis: Diagnosis | None
     log_path: str
     adopted: bool
+    note: str | None = None
     progress: LoadProgress | None = None
 
 
@@ -111,7 +115,7 @@ def _view(record: InstanceRecord, progress: LoadProgress | None = None) -> Insta
                         container_id=record.container_id, started_at=record.started_at, ready_at=record.ready_at,
                         ended_at=record.ended_at, uptime_s=uptime, load_seconds=load, exit_code=record.exit_code,
                         diagnosis=record.diagnosis, log_path=record.log_path, adopted=record.adopted,
-                        progress=progress)
+                        note=record.note, progress=progress)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -159,6 +163,11 @@ class Runtime:
         """Check one live record against reality; persists any change. Call under the lock."""
         if not record.is_live:
             return record
+        if record.backend == "native" and record.pid is None:
+            recovered = self.backend("native").recover(record)  # type: ignore[attr-defined]
+            if recovered is not record:
+                record = recovered
+                self.registry.save(record)
         try:
             state = self.backend(record.backend).state(record)
         except LlamaPilotError:
@@ -198,7 +207,7 @@ class Runtime:
     def _records(self) -> list[InstanceRecord]:
         """All records, refreshed, with only the newest ended record kept per profile."""
         with self.registry.lock():
-            records = [self._refresh(r) for r in self.registry.all()]
+            records = self._reconciled()
             newest_ended: dict[str, InstanceRecord] = {}
             for record in records:
                 if record.is_live:
@@ -210,7 +219,36 @@ class Runtime:
                     newest_ended[record.profile] = record
                 else:
                     self.registry.delete(record.id)
+            self.registry.prune_run_files()
             return [r for r in records if r.is_live or newest_ended.get(r.profile) is r]
+
+    def _reconciled(self) -> list[InstanceRecord]:
+        """Every record checked against the OS, plus records recovered for this home's servers that
+        have none (the state folder was deleted, or the home moved). Call under the lock.
+
+        Without this, a server whose record was lost would be invisible: status would say nothing
+        runs, a start would launch a second copy on the next port, and ``stop all`` would leave it.
+        """
+        records = [self._refresh(r) for r in self.registry.all()]
+        for orphan in self._own_orphans(records):
+            records.append(self._record_orphan(orphan, note=_recovered_note(orphan)))
+        return records
+
+    def _own_orphans(self, known: list[InstanceRecord]) -> list[Unmanaged]:
+        try:
+            found = self.backend("native").unmanaged(known, paths.home())
+        except LlamaPilotError:
+            found = []
+        if self._uses_docker(known):
+            try:
+                found += self.backend("docker").unmanaged(known, paths.home())
+            except LlamaPilotError:
+                pass  # no daemon: nothing to recover from it now
+        return [o for o in found if o.is_own and (o.backend == "native" or o.owner == "ours")]
+
+    def _uses_docker(self, known: list[InstanceRecord]) -> bool:
+        return any(r.backend == "docker" for r in known) or self.config.host.backend == "docker" or any(
+            p.get("BACKEND") == "docker" for p in self.config.profiles.values())
 
     # -- operations ----------------------------------------------------------------------
 
@@ -230,6 +268,9 @@ class Runtime:
     def start(self, profile_id: str, *, backend: str | None = None, port: int | None = None,
               timeout_s: float | None = None, progress: Progress | None = None, wait: bool = True) -> InstanceView:
         """Start a profile and (by default) wait until it answers /health with 200."""
+        if timeout_s is not None and not 0 < timeout_s <= 86400:
+            raise ValidationError("timeout_s", timeout_s, "must be more than 0 and at most 86400 seconds "
+                                  "(leave it out for the default, which grows with the model's size)")
         record = self._launch(profile_id, backend=backend, port=port, timeout_s=timeout_s)
         if not wait:
             return _view(record)
@@ -258,8 +299,7 @@ class Runtime:
                                          fix="download it or fix MODEL (llama-pilot lint lists missing files and shards)"))
         engine = "llama-server" if backend_name == "docker" else locate_engine(self.config.host.engine).path
         with self.registry.lock():
-            live = [self._refresh(r) for r in self.registry.all()]
-            live = [r for r in live if r.is_live]
+            live = [r for r in self._reconciled() if r.is_live]
             for other in live:
                 if other.profile == profile_id:
                     raise AlreadyRunning(f"{profile_id} is already {other.status} on port {other.port} "
@@ -271,15 +311,16 @@ class Runtime:
             instance_id = new_instance_id(profile_id)
             record = InstanceRecord(
                 id=instance_id, profile=profile_id, backend=backend_name, status=InstanceStatus.LOADING,
-                host=spec.host, port=spec.port, argv=spec.argv, env=spec.env,
+                host=spec.host, port=spec.port, argv=spec.argv,
+                env={**spec.env, **owner_marks(paths.home(), instance_id, profile_id)},
                 log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=str(model_path), model_bytes=size,
-                visible_devices=spec.visible_devices, exit_file=str(self.registry.root / "run" / f"{instance_id}.exit"),
+                visible_devices=spec.visible_devices, exit_file=str(self.registry.run_dir / f"{instance_id}.exit"),
                 started_at=time.time(), load_timeout_s=timeout_s or (_BASE_TIMEOUT_S + size / _BYTES_PER_S))
             append_separator(Path(record.log_path), f"starting {profile_id} ({profile.name}) as {instance_id}, "
                                                     f"{backend_name}, port {spec.port}")
             self.registry.save(record)  # claim the port before the slow part
             try:
-                record = self.backend(backend_name).launch(record, spec)
+                record = self.backend(backend_name).launch(record, spec, hold_fd=self.registry.lock_fd)
             except LlamaPilotError:
                 self.registry.delete(record.id)
                 raise
@@ -338,7 +379,7 @@ class Runtime:
     def stop(self, target: str = "all", grace_s: float = 10.0) -> list[InstanceView]:
         """Stop one profile (or instance id), or all; returns once each port is free."""
         with self.registry.lock():
-            live = [r for r in (self._refresh(r) for r in self.registry.all()) if r.is_live]
+            live = [r for r in self._reconciled() if r.is_live]
         chosen = live if target == "all" else [r for r in live if target in (r.profile, r.id)]
         if not chosen and target != "all":
             known = ", ".join(sorted({r.profile for r in live})) or "nothing is running"
@@ -406,29 +447,74 @@ class Runtime:
     # -- orphans -------------------------------------------------------------------------
 
     def orphans(self) -> list[Unmanaged]:
-        """llama-server processes and llama-pilot containers that no record owns."""
-        known = self.registry.all()
-        found = self.backend("native").unmanaged(known)
-        if any(r.backend == "docker" for r in known) or self.config.host.backend == "docker":
-            found += self.backend("docker").unmanaged(known)
+        """llama-server processes and llama-pilot containers that no record of this home owns.
+
+        Each says whose it is (``owner``): only this home's (and a vanished home's, for processes of
+        the same user) may be adopted or stopped by ``adopt``/``stop``; the rest are listed as
+        foreign and are stopped only by :meth:`stop_foreign` with ``force``."""
+        with self.registry.lock():
+            known = [self._refresh(r) for r in self.registry.all()]
+        found = self.backend("native").unmanaged(known, paths.home())
+        if self._uses_docker(known):
+            found += self.backend("docker").unmanaged(known, paths.home())
         return found
 
+    def elsewhere(self) -> list[Unmanaged]:
+        """llama-servers that llama-pilot started from another home that still exists: not ours to manage,
+        but worth saying, since they hold ports and GPU memory."""
+        return [o for o in self.orphans() if o.owner == "other-home"]
+
     def adopt(self, orphan: Unmanaged) -> InstanceView:
-        """Make an orphan a managed instance again, matched to its profile by model file."""
-        profile_id = self._profile_for(orphan)
-        port = orphan.port or 8080
+        """Make one of this home's orphans a managed instance again (by its marks, else its model file)."""
+        if not orphan.is_own:
+            raise ForeignServer(orphan)
         with self.registry.lock():
-            record = InstanceRecord(
-                id=new_instance_id(profile_id), profile=profile_id, backend=orphan.backend,
-                status=InstanceStatus.LOADING, host="127.0.0.1", port=port, argv=orphan.argv,
-                log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=orphan.model_path or "",
-                pid=orphan.pid, container_id=orphan.container_id, started_at=orphan.started_at, adopted=True,
-                pid_create_time=create_time(orphan.pid))
-            append_separator(Path(record.log_path), f"adopted {orphan.backend} pid {orphan.pid} as {record.id}; "
-                                                    "its earlier output was not captured")
-            record = self._refresh(record)
-            self.registry.save(record)
+            record = self._record_orphan(orphan, note="adopted by `orphans --adopt`; its earlier output was "
+                                                      "not captured")
         return _view(record)
+
+    def _record_orphan(self, orphan: Unmanaged, note: str) -> InstanceRecord:
+        """A record for a live orphan of this home, saved. Call under the lock."""
+        profile_id = orphan.profile or self._profile_for(orphan)
+        instance_id = orphan.instance if orphan.instance and not self.registry.get(orphan.instance) \
+            else new_instance_id(profile_id)
+        keeper = _keeper_of(orphan.pid) if orphan.backend == "native" else None
+        record = InstanceRecord(
+            id=instance_id, profile=profile_id, backend=orphan.backend,  # type: ignore[arg-type]
+            status=InstanceStatus.LOADING, host=_argv_value(orphan.argv, "--host") or "127.0.0.1",
+            port=orphan.port or 8080, argv=orphan.argv,
+            env=owner_marks(paths.home(), instance_id, profile_id),
+            log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=orphan.model_path or "",
+            pid=orphan.pid, container_id=orphan.container_id, started_at=orphan.started_at, adopted=True,
+            pid_create_time=create_time(orphan.pid), supervisor_pid=keeper[0] if keeper else None,
+            exit_file=keeper[1] if keeper else None, note=note)
+        append_separator(Path(record.log_path), f"{orphan.backend} pid {orphan.pid} taken back as {record.id}: {note}")
+        record = self._refresh(record)
+        self.registry.save(record)
+        return record
+
+    def stop_foreign(self, pid: int, *, force: bool, grace_s: float = 10.0) -> Unmanaged:
+        """Stop one llama-server that is not this home's, named by pid; refused without ``force``."""
+        match = next((o for o in self.orphans() if o.backend == "native" and o.pid == pid), None)
+        if match is None:
+            raise NotRunning(f"pid {pid} is not an unmanaged llama-server process (see `llama-pilot orphans`)")
+        if match.is_own:
+            raise LifecycleError(f"pid {pid} is this home's own server: use `llama-pilot orphans --stop` "
+                                 "(or adopt it and stop its profile)")
+        if not force:
+            raise ForeignServer(match)
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            if not _ended(proc, grace_s):
+                proc.kill()
+                if not _ended(proc, 10):
+                    raise LifecycleError(f"pid {pid} did not end within {grace_s + 10:g} s of SIGTERM and SIGKILL")
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.Error as exc:
+            raise LifecycleError(f"cannot stop pid {pid}: {exc}") from exc
+        return match
 
     def _profile_for(self, orphan: Unmanaged) -> str:
         model = orphan.model_path
@@ -437,6 +523,62 @@ class Runtime:
             if model and path and (str(path) == model or model.endswith("/" + (profile.model or "\0"))):
                 return profile.id
         return "unknown"
+
+
+class ForeignServer(LifecycleError):
+    """An unmanaged server that is not this home's: listed, never adopted, stopped only when forced."""
+
+    def __init__(self, orphan: Unmanaged) -> None:
+        self.orphan = orphan
+        whose = {"other-home": f"it was started by another llama-pilot home ({orphan.home})",
+                 "unmarked": "it carries no llama-pilot mark (started by hand or by another tool)",
+                 "unreadable": "its environment cannot be read (another user's process)"}.get(orphan.owner, orphan.owner)
+        super().__init__(f"pid {orphan.pid or orphan.container_id} is not this home's server: {whose}. It is left "
+                         f"alone; to stop it anyway: llama-pilot orphans --stop-pid {orphan.pid} --force")
+
+
+def _ended(proc: psutil.Process, timeout_s: float) -> bool:
+    """True once the process is gone or a zombie (ended; its parent, not us, reaps it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _recovered_note(orphan: Unmanaged) -> str:
+    if orphan.owner == "home-gone":
+        return (f"recovered: started by the llama-pilot home {orphan.home}, which no longer exists (moved or "
+                "deleted); found by its marks")
+    return "recovered: its instance record was lost (state folder deleted?); found by its marks"
+
+
+def _keeper_of(pid: int | None) -> tuple[int, str] | None:
+    """(keeper pid, exit file) when the process's parent is a llama-pilot keeper."""
+    if not pid:
+        return None
+    try:
+        parent = psutil.Process(pid).parent()
+        cmd = parent.cmdline() if parent else []
+    except psutil.Error:
+        return None
+    if "mcp_server.keeper" not in cmd or "--" not in cmd:
+        return None
+    head = cmd[cmd.index("mcp_server.keeper") + 1:cmd.index("--")]
+    if head[:1] == ["--hold-fd"]:
+        head = head[2:]
+    return (parent.pid, head[1]) if len(head) == 2 else None
+
+
+def _argv_value(argv: list[str], flag: str) -> str | None:
+    if flag in argv and argv.index(flag) + 1 < len(argv):
+        return argv[argv.index(flag) + 1]
+    return None
 
 
 class SwitchFailed(LifecycleError):

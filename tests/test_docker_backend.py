@@ -18,7 +18,8 @@ import httpx
 import psutil
 import pytest
 
-from mcp_server import dockerimage
+from mcp_server import dockerimage, paths
+from mcp_server.backends import owner_marks
 from mcp_server.argv import LaunchSpec, launch_spec
 from mcp_server.files import sha256_of
 from mcp_server.docker_backend import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROFILE, DockerBackend, DockerError,
@@ -95,7 +96,7 @@ def make(config: Config, tmp_path: Path, cleanup: list[str], *, extra: list[str]
         spec = spec.model_copy(update={"argv": [*spec.argv, *extra]})
     record = InstanceRecord(
         id=new_instance_id(profile), profile=profile, backend="docker", status=InstanceStatus.LOADING,
-        host=spec.host, port=spec.port, argv=spec.argv, env=spec.env,
+        host=spec.host, port=spec.port, argv=spec.argv, env={**spec.env, **owner_marks(paths.home(), "x", profile)},
         log_path=str(tmp_path / "logs" / f"{profile}.log"),
         model_path=str(config.model_path(config.profile(profile))), visible_devices=spec.visible_devices,
         started_at=time.time())
@@ -256,10 +257,15 @@ def test_unmanaged_finds_labelled_containers_without_a_record(backend: DockerBac
     stray.start()
     stray.wait(timeout=30)
     try:
-        found = {u.container_id: u for u in backend.unmanaged([])}
+        found = {u.container_id: u for u in backend.unmanaged([], paths.home())}
         assert record.container_id in found and stray.id in found
         mine = found[record.container_id]
         assert mine.backend == "docker"
+        # Ours by the home label; the stray has no home label, so it is foreign (never adopted).
+        assert mine.owner == "ours" and mine.is_own and mine.home == str(paths.home())
+        assert found[stray.id].owner == "unmarked" and not found[stray.id].is_own
+        assert {u.container_id: u.owner for u in backend.unmanaged([], paths.home() / "other")}[
+            record.container_id] == "other-home"
         assert mine.port == record.port
         assert mine.pid == record.pid
         assert mine.argv[1:] == spec.argv[1:]
@@ -268,7 +274,7 @@ def test_unmanaged_finds_labelled_containers_without_a_record(backend: DockerBac
         assert mine.started_at > 0
         assert found[stray.id].pid is None  # exited
 
-        known = {u.container_id for u in backend.unmanaged([record])}
+        known = {u.container_id for u in backend.unmanaged([record], paths.home())}
         assert record.container_id not in known and stray.id in known
     finally:
         backend.stop(record, grace_s=5)

@@ -144,7 +144,7 @@ async def test_update_model_refusals(conf):
         await refused({"profile": "nope", "set": {"CTX_SIZE": "1"}}, "No profile named 'nope'. Known profiles: alpha")
         await refused({"profile": "alpha", "set": {"PORT": "8080 --foo"}}, "whole number")
         await refused({"profile": "alpha", "set": {"MODEL": "x.gguf --rpc evil"}}, "read as a flag")
-        await refused({"profile": "alpha", "set": {"N_GPU_LAYERS": "-1"}}, "read as a flag")
+        await refused({"profile": "alpha", "set": {"N_GPU_LAYERS": "-1"}}, "must be at least 0")
         await refused({"profile": "alpha", "set": {"MAIN_GPU": "0 --host 0.0.0.0"}}, "whole number")
         await refused({"profile": "alpha", "set": {"EXTRA_ARGS": "--host 0.0.0.0"}}, "--host")
         await refused({"profile": "alpha", "set": {"EXTRA_ARGS": "-hf someone/model"}}, "-hf")

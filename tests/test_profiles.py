@@ -189,7 +189,7 @@ def test_create_refuses_duplicates_reserved_ids_and_missing_model(write_conf):
         create_profile(config, "glm-flash-q4", {"MODEL": "x.gguf"})
     with pytest.raises(ValidationError, match="reserved"):
         create_profile(config, "global", {"MODEL": "x.gguf"})
-    with pytest.raises(ValidationError, match="ids are"):
+    with pytest.raises(ValidationError, match="ids start with"):
         create_profile(config, "bad id", {"MODEL": "x.gguf"})
     with pytest.raises(ValidationError, match="MODEL"):
         create_profile(config, "new", {"NAME": "x"})

@@ -23,8 +23,9 @@ from ..profiles import load_config
 from . import results_root
 from .jobs import Job, cancel_job as core_cancel_job, get_job as core_get_job, list_jobs as core_list_jobs, start_job
 from .results import RunSummary, summarize_runs
+from ..profiles import PROFILE_ID_PATTERN
 
-ProfileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN,
                                  description="profile id: a [section] of models.conf")]
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$", description="a job id from run_benchmark")]
 RunId = Annotated[str, Field(pattern=r"^(latest|evalplus-[0-9]{8}-[0-9]{6}(-[0-9]+)?)$",
