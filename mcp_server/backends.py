@@ -101,10 +101,16 @@ class Backend(Protocol):
 
 def append_separator(log_path: Path, text: str) -> None:
     """A visible line between runs: logs are kept across restarts, as the original dashboard did."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log.write(f"\n----- llama-pilot {stamp}: {text} -----\n".encode())
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"\n----- llama-pilot {stamp}: {text} -----\n".encode())
+    except OSError as exc:
+        from . import paths
+        from .errors import StorageError
+
+        raise StorageError.from_os_error(exc, "write the log", log_path, fix=paths.home_fix(exc)) from None
 
 
 def argv_port(argv: list[str]) -> int | None:

@@ -276,6 +276,7 @@ class ConfDocument:
         self._bom = bom
         self._lines: list[str] = []
         self._active: list[Section] = []
+        self._by_id: dict[str, Section] = {}
         self._retired: list[Section] = []
         self._fingerprint: str | None = None
         self._commit(lines)
@@ -311,10 +312,8 @@ class ConfDocument:
         return list(self._retired)
 
     def section(self, id: str) -> Section | None:
-        for section in self._active:
-            if section.id == id:
-                return section
-        return None
+        # By index: lint and edits look sections up once per profile, and a scan made that quadratic.
+        return self._by_id.get(id)
 
     def ids(self) -> list[str]:
         return [section.id for section in self._active]
@@ -456,6 +455,7 @@ class ConfDocument:
     def _commit(self, lines: list[str]) -> None:
         # Classify first: a failed edit must leave the document as it was.
         self._active, self._retired = _classify(lines, self.path)
+        self._by_id = {section.id: section for section in self._active}
         self._lines = lines
 
     def _require(self, id: str) -> Section:

@@ -107,6 +107,17 @@ def architecture(path: str | Path) -> str | None:
     return arch if isinstance(arch, str) else None
 
 
+def model_keys(path: str | Path) -> dict[str, Any]:
+    """``general.*`` and the architecture's own keys, reading no further than the first tokenizer key.
+
+    Writers (gguf-py, llama-quantize) put the tokenizer last, and walking past its 150k-entry arrays
+    is what makes a full read cost ~0.1 s; lint needs only what comes before it. A file that puts a
+    model key after the tokenizer only loses that key here (lint's recurrent check also knows the
+    recurrent architectures by name).
+    """
+    return read_metadata(path, stop_when=lambda m: next(reversed(m)).startswith("tokenizer."))
+
+
 # Architectures whose layers keep recurrent state (Mamba, DeltaNet, RWKV, short convolutions):
 # llama.cpp cannot shift their context, so they need --no-context-shift.
 RECURRENT_KEY_PARTS = (".ssm.", ".wkv.", ".shortconv.", ".linear_attn", ".full_attention_interval")

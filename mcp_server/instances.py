@@ -109,8 +109,9 @@ class Registry:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or paths.state_dir()
         self.dir = self.root / "instances"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(exist_ok=True)
+        with _storage("create", self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(exist_ok=True)
         self._lock_path = self.root / "lock"
         self._depth = 0
         self._lock_fd: int | None = None
@@ -125,7 +126,8 @@ class Registry:
             finally:
                 self._depth -= 1
             return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with _storage("open the lock", self._lock_path):
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._lock_fd, self._depth = fd, 1
@@ -168,16 +170,17 @@ class Registry:
 
     def save(self, record: InstanceRecord) -> None:
         data = json.dumps(record.model_dump(mode="json"), indent=2).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(record.id))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with _storage("save the instance record in", self.dir):
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._path(record.id))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
 
     def delete(self, instance_id: str) -> None:
         """Forget an instance: its record and its keeper's pid and exit files."""
@@ -200,3 +203,16 @@ class Registry:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+
+@contextmanager
+def _storage(action: str, path: Path) -> Iterator[None]:
+    """An OSError from a read-only, full or foreign state folder becomes one StorageError with the fix."""
+    try:
+        yield
+    except OSError as exc:
+        from .errors import StorageError, is_storage_error
+
+        if not is_storage_error(exc):
+            raise
+        raise StorageError.from_os_error(exc, action, path, fix=paths.home_fix(exc)) from None

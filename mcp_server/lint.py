@@ -77,7 +77,7 @@ def _line_of(profile: Profile, config: Config, key: str) -> int:
     return profile.line
 
 
-def lint_profile(profile: Profile, config: Config) -> list[Finding]:
+def lint_profile(profile: Profile, config: Config, cache: "MetaCache | None" = None) -> list[Finding]:
     findings: list[Finding] = []
 
     def add(code: str, severity: Severity, key: str | None, message: str) -> None:
@@ -85,7 +85,7 @@ def lint_profile(profile: Profile, config: Config) -> list[Finding]:
         findings.append(Finding(code=code, severity=severity, profile=profile.id, line=line, message=message))
 
     extra = _extra_flags(profile)
-    meta = _check_model(profile, config, add)
+    meta = _check_model(profile, config, add, {} if cache is None else cache)
 
     # -ot rules, from OVERRIDE_TENSORS and from -ot inside EXTRA_ARGS.
     sources = [("OVERRIDE_TENSORS", profile.get("OVERRIDE_TENSORS")), ("EXTRA_ARGS", extra.get("OVERRIDE_TENSORS"))]
@@ -193,7 +193,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _check_model(profile: Profile, config: Config, add) -> dict | None:  # type: ignore[no-untyped-def]
+def _check_model(profile: Profile, config: Config, add, cache: MetaCache) -> dict | None:  # type: ignore[no-untyped-def]
     """Existence, containment and shards of the model file; returns its metadata when readable."""
     path = config.model_path(profile)
     if path is None:
@@ -212,16 +212,30 @@ def _check_model(profile: Profile, config: Config, add) -> dict | None:  # type:
             f"(looked in {path.parent})")
         return None
     try:
-        return ggufmeta.read_metadata(path)
+        return _metadata(path, cache)
     except (OSError, ggufmeta.GGUFFormatError) as exc:
         add("model-unreadable", "error", "MODEL", f"cannot read the GGUF header of {path.name}: {exc}")
         return None
+
+
+MetaCache = dict[tuple[str, int, int], dict]
+
+
+def _metadata(path: Path, cache: MetaCache) -> dict:
+    """The file's model keys (up to the tokenizer, see ggufmeta.model_keys), read once per lint run for
+    each (file, size, mtime): profiles share files."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in cache:
+        cache[key] = ggufmeta.model_keys(path)
+    return cache[key]
 
 
 def lint_config(config: Config, profile_id: str | None = None) -> list[Finding]:
     """Findings for one profile, or for every profile in file order."""
     profiles = [config.profile(profile_id)] if profile_id else list(config.profiles.values())
     findings: list[Finding] = []
+    cache: MetaCache = {}
     for profile in profiles:
-        findings.extend(lint_profile(profile, config))
+        findings.extend(lint_profile(profile, config, cache))
     return findings

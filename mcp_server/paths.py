@@ -38,8 +38,24 @@ def home() -> Path:
 
 def _sub(name: str) -> Path:
     path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import StorageError
+
+        raise StorageError.from_os_error(exc, "create", path, fix=home_fix(exc)) from None
     return path
+
+
+def home_fix(exc: OSError) -> str:
+    """What to do when llama-pilot's home cannot be written, by the kind of failure."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"free space on the disk holding {home()}, or point {HOME_ENV} at a folder on another disk "
+                "(instances already running keep running)")
+    return (f"point {HOME_ENV} at a folder you can write (it holds llama-pilot's state, logs and backups), "
+            f"or make {home()} writable")
 
 
 def state_dir() -> Path:

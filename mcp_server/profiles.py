@@ -13,13 +13,14 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import paths
-from .conffile import KEY_RE, SECTION_ID_RE, ConfDocument, Section, edit_lock, fingerprint_of, unified_diff
+from .conffile import KEY_RE, ConfDocument, Section, edit_lock, fingerprint_of, unified_diff
 from .errors import ConfigError, ProfileNotFound, ValidationError
 
 GLOBAL_SECTION = "global"
@@ -216,12 +217,18 @@ def _check_range(spec: KeySpec, number: float, raw: str, where: str) -> None:
 
 def split_extra_args(value: str, key: str = "EXTRA_ARGS", where: str = "") -> list[str]:
     """Split EXTRA_ARGS like a POSIX shell would (quotes group, backslashes escape); no expansion."""
-    import shlex
-
     try:
-        return shlex.split(value, posix=True)
+        return list(_shell_split(value))
     except ValueError as exc:  # unbalanced quotes
         raise ValidationError(key, value, f"cannot be split into arguments: {exc}", where) from exc
+
+
+@lru_cache(maxsize=4096)
+def _shell_split(value: str) -> tuple[str, ...]:
+    # shlex is slow (~70 us a value) and a big models.conf repeats the same EXTRA_ARGS many times.
+    import shlex
+
+    return tuple(shlex.split(value, posix=True))
 
 
 class TensorOverride(BaseModel):

@@ -86,6 +86,12 @@ def tool_errors() -> Iterator[None]:
         yield
     except LlamaPilotError as exc:
         raise ToolError(str(exc)) from exc
+    except OSError as exc:
+        from .errors import StorageError, is_storage_error
+
+        if not is_storage_error(exc):
+            raise
+        raise ToolError(str(StorageError.from_os_error(exc, "write"))) from exc
 
 
 class InstanceList(BaseModel):

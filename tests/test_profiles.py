@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_server import paths
-from mcp_server.errors import ConfConflictError, ConfigError, ProfileNotFound, ValidationError
+from mcp_server.errors import ConfigError, ProfileNotFound, ValidationError
 from mcp_server.profiles import (
     create_profile,
     load_config,
