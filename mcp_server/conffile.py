@@ -96,10 +96,11 @@ def _split_lines(text: str) -> list[str]:
 
 def _split_ending(raw: str) -> tuple[str, str]:
     # A lone trailing "\r" can only be on the last line; treating it as an ending keeps it out of
-    # values without losing it.
-    for ending in ("\r\n", "\n", "\r"):
-        if raw.endswith(ending):
-            return raw[: -len(ending)], ending
+    # values without losing it. (Called for every line of every parse: kept to plain endswith tests.)
+    if raw.endswith("\n"):
+        return (raw[:-2], "\r\n") if raw.endswith("\r\n") else (raw[:-1], "\n")
+    if raw.endswith("\r"):
+        return raw[:-1], "\r"
     return raw, ""
 
 
@@ -583,12 +584,42 @@ def fingerprint_of(path: Path | str) -> str | None:
         return None
 
 
+_HUNK_RE = re.compile(r"^@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@")
+_CONTEXT = 3
+
+
 def unified_diff(before: str, after: str, path: str) -> str:
+    """The unified diff (3 lines of context) of two texts.
+
+    Lines both texts share at the start and the end are cut off (all but the context) before
+    difflib compares the rest: an edit of a 10 MB file changes a few lines, and matching 400k equal
+    lines cost seconds. The hunk headers are shifted back to the full files' line numbers.
+    """
+    a, b = _split_lines(before), _split_lines(after)
+    head = 0
+    while head < len(a) and head < len(b) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < len(a) - head and tail < len(b) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    start = max(0, head - _CONTEXT)
+    keep_tail = max(0, tail - _CONTEXT)
+    a_mid, b_mid = a[start:len(a) - keep_tail], b[start:len(b) - keep_tail]
     out = []
-    for line in difflib.unified_diff(
-        _split_lines(before), _split_lines(after), fromfile=f"a/{path}", tofile=f"b/{path}"
-    ):
+    for line in difflib.unified_diff(a_mid, b_mid, fromfile=f"a/{path}", tofile=f"b/{path}", n=_CONTEXT):
+        if start and (match := _HUNK_RE.match(line)):
+            line = _shift_hunk(match, line, start)
         if not line.endswith("\n"):
             line += "\n\\ No newline at end of file\n"
         out.append(line)
     return "".join(out)
+
+
+def _shift_hunk(match: re.Match[str], line: str, offset: int) -> str:
+    def at(number: str, count: str | None) -> str:
+        # difflib writes a range's start as 0 (not offset) only for an empty range at the very top.
+        value = int(number)
+        return f"{value + offset if value or count != ',0' else offset}{count or ''}"
+
+    old, new = at(match.group(1), match.group(2)), at(match.group(3), match.group(4))
+    return f"@@ -{old} +{new} @@{line[match.end():]}"

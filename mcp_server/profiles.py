@@ -446,8 +446,9 @@ def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditR
     before = document.render()
     mutate(document)
     after = document.render()
-    # Re-parse what we would write: an edit can never leave a file the next load rejects.
-    config_from_document(ConfDocument.parse(after, config.path), config.path)
+    # Re-validate what we would write: an edit can never leave a file the next load rejects. The
+    # document re-classified its lines after the edit, exactly as a parse of ``after`` would.
+    config_from_document(document, config.path)
     diff = unified_diff(before, after, config.path.name)
     backup = None
     if after != before and not dry_run:

@@ -679,3 +679,54 @@ def test_section_is_frozen():
     with pytest.raises(AttributeError):
         section.id = "b"  # type: ignore[misc]
     assert section.retired is False
+
+
+# --- the trimmed diff (big files): every diff applies back to the edited text -------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mcp_server.conffile import _split_lines as _lines  # noqa: E402
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _apply_diff(before: str, diff: str) -> str:
+    src, body, out, pos, k = _lines(before), diff.splitlines(keepends=True), [], 0, 2
+    while k < len(body):
+        match = _HUNK.match(body[k])
+        assert match, body[k]
+        start = int(match.group(1)) - 1 if int(match.group(2) or 1) else int(match.group(1))
+        out += src[pos:start]
+        pos, k = start, k + 1
+        while k < len(body) and not body[k].startswith("@@"):
+            line = body[k]
+            no_eol = k + 1 < len(body) and body[k + 1].startswith("\\ No newline")
+            text = line[1:-1] if no_eol else line[1:]
+            if line[0] in " -":
+                assert src[pos] == text
+                pos += 1
+            if line[0] in " +":
+                out.append(text)
+            k += 2 if no_eol else 1
+    return "".join(out + src[pos:])
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["a\n", "b\n", "[s]\n", "K=1\n"]), max_size=40), st.data())
+def test_unified_diff_applies_back_to_the_new_text(lines, data):
+    before = "".join(lines)
+    edited = list(lines)
+    for _ in range(data.draw(st.integers(0, 4))):
+        where = data.draw(st.integers(0, len(edited)))
+        if data.draw(st.booleans()) or not edited:
+            edited.insert(where, data.draw(st.sampled_from(["new\n", "K=2\n", "b\n"])))
+        else:
+            del edited[min(where, len(edited) - 1)]
+    after = "".join(edited)
+    if data.draw(st.booleans()):
+        after = after.rstrip("\n")
+    diff = unified_diff(before, after, "models.conf")
+    assert (diff == "") == (before == after)
+    if diff:
+        assert _apply_diff(before, diff) == after

@@ -228,6 +228,17 @@ async def test_http_bearer_token(write_conf):
         _stop(proc)
 
 
+def test_http_without_a_token_warns_loudly_and_with_one_does_not(write_conf):
+    conf = write_conf(CONF)
+    stderr = {}
+    for token in (None, "s3cret-token"):
+        proc = _serve_http(conf, _free_port(), token=token)
+        _stop(proc)
+        stderr[token] = proc.stderr.read().decode()
+    assert "WITHOUT A TOKEN" in stderr[None] and "LLAMA_PILOT_MCP_TOKEN" in stderr[None]
+    assert "WITHOUT A TOKEN" not in stderr["s3cret-token"] and "bearer token required" in stderr["s3cret-token"]
+
+
 def test_http_offers_no_host_option():
     result = subprocess.run([sys.executable, "-m", "mcp_server", "--http", "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60)
