@@ -232,11 +232,13 @@ class NativeBackend:
         owned = {r.pid for r in known if r.pid} | {r.supervisor_pid for r in known if r.supervisor_pid}
         me = os.geteuid()
         found = []
-        # "name" is read from /proc/<pid>/stat, which is cheap; cmdline and environ only for matches.
-        for proc in psutil.process_iter(["pid", "name"]):
-            if proc.info.get("name") != "llama-server" or proc.info["pid"] in owned:
+        # Every status call scans: only the process name first (one tiny read per process), then
+        # cmdline and environment of the llama-servers.
+        for pid in _pids_named("llama-server"):
+            if pid in owned:
                 continue
             try:
+                proc = psutil.Process(pid)
                 cmd = proc.cmdline()
                 started = proc.create_time()
                 if proc.status() == psutil.STATUS_ZOMBIE:
@@ -256,6 +258,24 @@ class NativeBackend:
                                    home=(marks or {}).get(MARK_HOME), instance=(marks or {}).get(MARK_INSTANCE),
                                    profile=(marks or {}).get(MARK_PROFILE)))
         return found
+
+
+def _pids_named(name: str) -> list[int]:
+    """Pids whose process name (``comm``, at most 15 characters) is ``name``."""
+    proc = Path("/proc")
+    if not (proc / "self" / "comm").exists():  # not Linux: psutil knows how
+        return [p.pid for p in psutil.process_iter(["name"]) if p.info.get("name") == name]
+    found = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm", "rb") as fh:
+                if fh.read().rstrip(b"\n").decode(errors="replace") == name[:15]:
+                    found.append(int(entry.name))
+        except OSError:
+            continue  # ended meanwhile
+    return found
 
 
 def run_files(record: InstanceRecord) -> tuple[Path, Path]:

@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 from pydantic import BaseModel, Field
 
 from . import paths
 from .argv import launch_spec
-import psutil
-
 from .backends import (Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time,
                        owner_marks)
 from .errors import LlamaPilotError, ValidationError
@@ -475,6 +474,11 @@ class Runtime:
 
     def _record_orphan(self, orphan: Unmanaged, note: str) -> InstanceRecord:
         """A record for a live orphan of this home, saved. Call under the lock."""
+        for existing in self.registry.all():
+            # Another process may have recorded it since the orphan was listed: one record per server.
+            if existing.is_live and ((orphan.pid and existing.pid == orphan.pid)
+                                     or (orphan.container_id and existing.container_id == orphan.container_id)):
+                return existing
         profile_id = orphan.profile or self._profile_for(orphan)
         instance_id = orphan.instance if orphan.instance and not self.registry.get(orphan.instance) \
             else new_instance_id(profile_id)
