@@ -243,7 +243,9 @@ class Runtime:
                 found += self.backend("docker").unmanaged(known, paths.home())
             except LlamaPilotError:
                 pass  # no daemon: nothing to recover from it now
-        return [o for o in found if o.is_own and (o.backend == "native" or o.owner == "ours")]
+        # Only running servers are recovered: an exited container left behind is for `orphans` to
+        # list, not a live instance (it has no pid).
+        return [o for o in found if o.is_own and o.pid and (o.backend == "native" or o.owner == "ours")]
 
     def _uses_docker(self, known: list[InstanceRecord]) -> bool:
         return any(r.backend == "docker" for r in known) or self.config.host.backend == "docker" or any(
