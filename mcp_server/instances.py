@@ -39,7 +39,7 @@ class Diagnosis(BaseModel):
     """Why a start failed, read from the log and the exit status."""
 
     cause: str = Field(description="oom | model-missing | model-unreadable | unknown-architecture | "
-                                   "invalid-argument | port-in-use | timeout | killed | exited | unknown")
+                                   "invalid-argument | port-in-use | timeout | crashed | killed | exited | unknown")
     summary: str
     fix: str
     device: str | None = Field(default=None, description="device named in an out-of-memory failure")

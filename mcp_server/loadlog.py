@@ -235,6 +235,8 @@ def diagnose(text: str, exit_code: int | None, *, timed_out: bool = False, port:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
+        if name in _CRASH_SIGNALS:
+            return _crash_diagnosis(lines, name)
         fix = "the kernel's OOM killer may have ended it: check host RAM" if name == "SIGKILL" else \
             "something outside llama-pilot ended it"
         return Diagnosis(cause="killed", summary=f"llama-server was killed by {name}", fix=fix, evidence=tail[-3:])
@@ -242,6 +244,24 @@ def diagnose(text: str, exit_code: int | None, *, timed_out: bool = False, port:
                      summary=f"llama-server ended with exit code {exit_code}" if exit_code is not None
                      else "llama-server ended and left no exit status",
                      fix="read the last log lines below", evidence=tail)
+
+
+# Signals a process raises on itself when it fails (abort() after an assertion, a bad memory access,
+# an arithmetic or instruction fault): a crash of llama-server, not something from outside.
+_CRASH_SIGNALS = frozenset({"SIGABRT", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL"})
+_CRASH_LINE_RE = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|what\(\):|CUDA error|"
+                            r"Segmentation fault|Aborted", re.I)
+
+
+def _crash_diagnosis(lines: list[str], signal_name: str) -> Diagnosis:
+    """A crash: the assertion or error line that explains it, when the log has one."""
+    reasons = [line.strip() for line in lines if _CRASH_LINE_RE.search(line)]
+    what = f": {reasons[0][:200]}" if reasons else ""
+    return Diagnosis(cause="crashed", summary=f"llama-server crashed ({signal_name}){what}",
+                     fix="llama.cpp stopped on an error of its own; the evidence names it. Check the settings it "
+                         "points at (context, batch, tensor overrides), try a newer engine, and if it persists "
+                         "report the log to llama.cpp",
+                     evidence=(reasons[:3] + lines[-3:]) if reasons else lines[-6:])
 
 
 def _oom_diagnosis(lines: list[str], oom: list[str]) -> Diagnosis:

@@ -305,7 +305,7 @@ def _register_files_and_checks(mcp: MCPServer, config_path: str | Path | None) -
     @mcp.tool(annotations=READ_ONLY)
     async def diagnose(profile: ProfileId | None = None,
                        log_lines: Annotated[int, Field(ge=0, le=500)] = 30) -> DiagnoseReport:
-        """Explain why a profile failed to start or will not start: the last failure's cause (oom with device and stage, model-missing, unknown-architecture, invalid-argument, port-in-use, timeout, killed...) with a fix and the log lines behind it, lint errors, plus a health snapshot (engine found and its build, GPUs, instances, who holds each configured port). Without a profile: only the snapshot."""
+        """Explain why a profile failed to start or will not start: the last failure's cause (oom with device and stage, model-missing, unknown-architecture, invalid-argument, port-in-use, timeout, crashed, killed...) with a fix and the log lines behind it, lint errors, plus a health snapshot (engine found and its build, GPUs, instances, who holds each configured port). Without a profile: only the snapshot."""
         with tool_errors():
             config = load_config(config_path)
             return await anyio.to_thread.run_sync(lambda: core_diagnose(config, profile, log_lines=log_lines))

@@ -76,6 +76,18 @@ def test_signal_exit_and_timeout():
     assert timed.cause == "timeout" and "loading weights" in timed.summary
 
 
+def test_a_crash_is_not_an_outside_kill():
+    # What an H200 run logged when llama-server aborted on its own assertion.
+    crashed = diagnose(log("llama_context: constructing llama_context",
+                           "/src/ggml/src/ggml-cuda/ggml-cuda.cu:1203: GGML_ASSERT(ne00 % 2 == 0) failed",
+                           "[New LWP 4242]", "#0  0x00007f in __pthread_kill_implementation"), -6)
+    assert crashed.cause == "crashed" and "SIGABRT" in crashed.summary and "GGML_ASSERT(ne00 % 2 == 0)" in crashed.summary
+    assert "outside" not in crashed.fix and any("GGML_ASSERT" in line for line in crashed.evidence)
+    segv = diagnose(log("fine"), 139)  # Docker's 128 + SIGSEGV, no explaining line
+    assert segv.cause == "crashed" and "SIGSEGV" in segv.summary
+    assert diagnose(log("fine"), -15).cause == "killed"  # SIGTERM does come from outside
+
+
 def test_progress_follows_stages_and_dots():
     assert load_progress(log(*HEAD)).stage == "loading weights"
     half = load_progress(log(*HEAD, "." * 50))

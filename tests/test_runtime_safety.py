@@ -2,6 +2,7 @@
 
 - `orphans --stop/--adopt` act only on this LLAMA_PILOT_HOME's servers (issue 11, item 2);
 - a start killed with SIGKILL at a chosen moment never leaves a live, unrecorded server (item 4);
+- a server that crashes (SIGSEGV) is reported as crashed, not as killed from outside (issue 12, item 9);
 - a server whose state folder was deleted, or whose home moved, is found again (item 5);
 - keeper pid/exit files are pruned, and a just-ended, unreaped server is described as such (item 8).
 
@@ -313,3 +314,17 @@ def test_status_and_stop_work_when_a_profile_was_created_after_start(runtime, pr
     create_profile(load_config(project), "other", {"MODEL": "synth/tiny.gguf"})
     set_values(load_config(project), "tiny", {"CTX_SIZE": "256"})
     assert {v.profile for v in Runtime(load_config(project)).status()} == {"tiny"}
+
+
+def test_a_segfaulting_server_is_reported_crashed(runtime):
+    # The signal a crash raises; the diagnosis must not blame "something outside llama-pilot".
+    view = runtime.start("tiny")
+    os.kill(view.pid, signal.SIGSEGV)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        (current,) = [v for v in runtime.status() if v.profile == "tiny"]
+        if current.status == "failed":
+            break
+        time.sleep(0.05)
+    assert current.status == "failed" and current.diagnosis.cause == "crashed", current
+    assert "SIGSEGV" in current.diagnosis.summary
