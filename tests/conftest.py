@@ -98,3 +98,9 @@ def demo_project(write_conf, demo_gguf: Path) -> Path:  # type: ignore[no-untype
     except OSError:
         shutil.copyfile(demo_gguf, target)
     return conf
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop for every `pytest.mark.anyio` test (the MCP SDK's client runs on asyncio)."""
+    return "asyncio"

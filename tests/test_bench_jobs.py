@@ -20,10 +20,6 @@ from .test_bench_evalplus import MINI
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def _wait(job_id: str, until, timeout_s: float = 300.0):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s

@@ -198,10 +198,6 @@ def test_report_table_references_and_chart(tmp_path, write_conf):
     assert "| Qwen Coder | `bench-qwen/" in text and "1m40s" in text and "CPU: Test CPU" in text
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.mark.anyio
 async def test_mcp_run_benchmark_refuses_at_once_what_a_job_would_fail_on(write_conf, monkeypatch, tmp_path):

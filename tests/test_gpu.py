@@ -361,10 +361,6 @@ def test_cli_gpu_watch_redraws_until_ctrl_c(monkeypatch):
     assert CliRunner().invoke(cli, ["gpu", "--watch", "0"]).exit_code == 2
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.mark.anyio
 async def test_mcp_gpu_stats_tool(write_conf):

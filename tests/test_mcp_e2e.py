@@ -25,10 +25,6 @@ from mcp_server.synth import DenseShape, write_dense
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 def _stdio(conf: Path) -> StdioServerParameters:
     # os.environ carries the test's LLAMA_PILOT_HOME and LLAMA_SERVER (conftest's isolated_home).

@@ -32,10 +32,6 @@ NEW_TOOLS = ("create_model", "update_model", "retire_model", "list_local_models"
              "test_completion")
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def conf(write_conf) -> Path:

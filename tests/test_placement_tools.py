@@ -14,10 +14,6 @@ SHAPE = MoeShape(n_layer=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, 
                  n_ff_expert=768, n_ctx_train=32768, n_vocab=151936)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def project(write_conf):

@@ -15,10 +15,6 @@ pytestmark = pytest.mark.anyio
 CONF = "[global]\nMODELS_DIR=models\n\n[alpha]\nNAME=Alpha\nMODEL=a.gguf\nCTX_SIZE=8192\n"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 async def test_list_and_get_model_have_structured_output(write_conf):
     conf = write_conf(CONF)

@@ -105,10 +105,6 @@ def test_guard_accepts(extra):
     check_agent_args(shlex.split(extra))
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.fixture
 def conf(write_conf) -> Path:

@@ -146,10 +146,6 @@ def test_full_disk_under_backups_keeps_file_and_backups(mounts, write_conf):
     assert not [p for p in conf.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.mark.anyio
 async def test_mcp_tools_on_read_only_storage_say_what_and_how(mounts, write_conf, monkeypatch):

@@ -195,10 +195,6 @@ def test_cli_stats_watch(monkeypatch):
     assert len(lines) == 2 and lines[1]["interval_s"] is not None
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.mark.anyio
 async def test_mcp_system_stats_tool(write_conf):

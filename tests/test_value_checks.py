@@ -82,10 +82,6 @@ def test_bad_timeouts_are_refused_in_core_and_cli(write_conf, timeout):
     assert out.returncode == 2 and "--timeout" in out.stderr
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("timeout", [-5, 0])
