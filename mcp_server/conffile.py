@@ -473,13 +473,12 @@ class ConfDocument:
             return
         if os.path.abspath(target) != os.path.abspath(self.path):
             return  # "save as": the loaded file is not being overwritten
-        try:
-            current = hashlib.sha256(target.read_bytes()).hexdigest()
-        except FileNotFoundError:
+        current = fingerprint_of(target)
+        if current is None:
             raise ConfConflictError(
                 f"{target} was removed after it was read; nothing was written. Reload the file "
                 "and re-apply the edit."
-            ) from None
+            )
         if current != self._fingerprint:
             raise ConfConflictError(
                 f"{target} was changed on disk after it was read; nothing was written. Reload the "
