@@ -21,17 +21,14 @@ from .errors import LlamaPilotError
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Domain errors become one clean message and exit code 1."""
+    from .errors import storage_errors
+
     try:
-        yield
+        # A read-only, full or foreign folder that no core function named yet: still one sentence.
+        with storage_errors("write"):
+            yield
     except LlamaPilotError as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        # A read-only, full or foreign folder that no core function named yet: still one sentence.
-        from .errors import StorageError, is_storage_error
-
-        if not is_storage_error(exc):
-            raise
-        raise click.ClickException(str(StorageError.from_os_error(exc, "write"))) from exc
 
 
 def _dump(value: Any) -> Any:

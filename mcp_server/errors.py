@@ -19,6 +19,8 @@ as-is, so an unexpected exception is a bug, not a message.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -125,3 +127,16 @@ STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC
 
 def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+@contextmanager
+def storage_errors(action: str, path: Path | str | None = None,
+                   fix: Callable[[OSError], str] | None = None) -> Iterator[None]:
+    """Inside the block, an OSError that means "this storage cannot take the write" (read-only, full,
+    no permission) becomes one StorageError naming the path and the fix; any other OSError passes."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_storage_error(exc):
+            raise
+        raise StorageError.from_os_error(exc, action, path, fix=fix(exc) if fix else None) from None

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Literal
 from pydantic import BaseModel, Field
 
 from . import paths
+from .errors import storage_errors
 
 
 class InstanceStatus(StrEnum):
@@ -109,7 +110,7 @@ class Registry:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or paths.state_dir()
         self.dir = self.root / "instances"
-        with _storage("create", self.dir):
+        with storage_errors("create", self.dir, fix=paths.home_fix):
             self.dir.mkdir(parents=True, exist_ok=True)
             self.run_dir.mkdir(exist_ok=True)
         self._lock_path = self.root / "lock"
@@ -126,7 +127,7 @@ class Registry:
             finally:
                 self._depth -= 1
             return
-        with _storage("open the lock", self._lock_path):
+        with storage_errors("open the lock", self._lock_path, fix=paths.home_fix):
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -170,7 +171,7 @@ class Registry:
 
     def save(self, record: InstanceRecord) -> None:
         data = json.dumps(record.model_dump(mode="json"), indent=2).encode()
-        with _storage("save the instance record in", self.dir):
+        with storage_errors("save the instance record in", self.dir, fix=paths.home_fix):
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -204,15 +205,3 @@ class Registry:
                     removed += 1
         return removed
 
-
-@contextmanager
-def _storage(action: str, path: Path) -> Iterator[None]:
-    """An OSError from a read-only, full or foreign state folder becomes one StorageError with the fix."""
-    try:
-        yield
-    except OSError as exc:
-        from .errors import StorageError, is_storage_error
-
-        if not is_storage_error(exc):
-            raise
-        raise StorageError.from_os_error(exc, action, path, fix=paths.home_fix(exc)) from None
