@@ -15,7 +15,8 @@ from pydantic import BaseModel
 
 from . import ggufmeta
 from .errors import LlamaPilotError
-from .profiles import PROFILE_ID_RE, Config, Profile, parse_tensor_overrides, split_extra_args
+from .profiles import (LOCAL_BUFFER_TYPES, PROFILE_ID_RE, Config, Profile, parse_tensor_overrides,
+                       split_extra_args)
 
 Severity = Literal["error", "warning", "info"]
 
@@ -29,8 +30,7 @@ class Finding(BaseModel):
 
 
 # Buffer types llama.cpp's -ot accepts on the backends llama-pilot targets.
-_BUFFER_RE = re.compile(r"^(CPU|CPU_REPACK|CPU_Mapped|CUDA\d+|CUDA_Host|CUDA_Split|Vulkan\d+|Vulkan_Host|"
-                        r"Metal|SYCL\d+|ROCm\d+|RPC\[[^\]]+\]\w*)$")
+_BUFFER_RE = re.compile(rf"^({LOCAL_BUFFER_TYPES}|RPC\[[^\]]+\]\w*)$")
 _GPU_BUFFER_RE = re.compile(r"^(CUDA|Vulkan|SYCL|ROCm|Metal)")
 
 # Flags in EXTRA_ARGS that duplicate a structured key (short and long forms).

@@ -41,6 +41,12 @@ class KeySpec:
     scope: str = "profile"  # "profile" keys may also be set in [global] as defaults; "host" only in [global]
 
 
+# The KV cache types llama-server accepts (-ctk/-ctv), and the -ot buffer types of a local machine
+# (a remote RPC buffer, RPC[host:port], is not among them).
+KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+LOCAL_BUFFER_TYPES = (r"CPU|CPU_REPACK|CPU_Mapped|CUDA[0-9]+|CUDA_Host|CUDA_Split|Vulkan[0-9]+|Vulkan_Host|Metal|"
+                      r"SYCL[0-9]+|ROCm[0-9]+")
+
 # Order matters: it is the order of flags in the argv (the original image's order first, then the
 # keys the original could only express inside EXTRA_ARGS), and of keys in docs and `show`.
 PROFILE_KEYS: tuple[KeySpec, ...] = (
@@ -56,10 +62,8 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("TENSOR_SPLIT", "list", "share of the model per GPU, e.g. 3,1 or 24,16", "--tensor-split"),
     KeySpec("MAIN_GPU", "int", "GPU for the whole model with SPLIT_MODE=none", "--main-gpu", minimum=0, maximum=63),
     KeySpec("FLASH_ATTN", "choice", "flash attention", "--flash-attn", choices=("on", "off", "auto")),
-    KeySpec("KV_CACHE_TYPE_K", "choice", "K cache type", "--cache-type-k", choices=(
-        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")),
-    KeySpec("KV_CACHE_TYPE_V", "choice", "V cache type", "--cache-type-v", choices=(
-        "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")),
+    KeySpec("KV_CACHE_TYPE_K", "choice", "K cache type", "--cache-type-k", choices=KV_CACHE_TYPES),
+    KeySpec("KV_CACHE_TYPE_V", "choice", "V cache type", "--cache-type-v", choices=KV_CACHE_TYPES),
     KeySpec("FIT", "onoff", "let llama.cpp fit the model to free memory", "--fit", choices=("on", "off")),
     KeySpec("FIT_TARGET", "list", "MiB to leave free per GPU when fitting: one value or one per GPU", "--fit-target"),
     KeySpec("FIT_CTX", "int", "smallest context --fit may shrink to", "--fit-ctx", minimum=0, maximum=1 << 24),
@@ -183,16 +187,18 @@ def check_agent_edit(config: "Config", key: str, value: str | None, where: str =
         return
     if key == "MODEL":
         model_path_inside(config, value, where)
-    if key in ("EXTRA_ARGS", "OVERRIDE_TENSORS"):
-        from . import server_flags
+    if key == "EXTRA_ARGS":
+        from .server_flags import ArgsError, check_agent_args
 
         try:
-            if key == "EXTRA_ARGS":
-                server_flags.check_agent_args(split_extra_args(value, where=where))
-            elif problem := server_flags.Value("overrides").check(value):
-                raise server_flags.ArgsError(problem)
-        except server_flags.ArgsError as exc:
+            check_agent_args(split_extra_args(value, where=where))
+        except ArgsError as exc:
             raise ValidationError(key, value, str(exc), where) from None
+    elif key == "OVERRIDE_TENSORS":
+        from .server_flags import Value
+
+        if problem := Value("overrides").check(value):
+            raise ValidationError(key, value, problem, where)
 
 
 def model_path_inside(config: "Config", relative: str, where: str = "", key: str = "MODEL") -> Path:

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
+
+from .profiles import KV_CACHE_TYPES, LOCAL_BUFFER_TYPES
 
 CLASSIFIED_FOR_BUILD = 11434
 
@@ -58,8 +60,7 @@ _FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 # A device llama.cpp names (CPU, CUDA0, Vulkan1, ...); RPC devices (RPC0[host:port]) are not names.
 _DEVICE_RE = re.compile(r"^(none|[A-Za-z]+[0-9]*)$")
 # -ot buffer types without RPC[host:port] (a remote buffer is a network path).
-_BUFFER_RE = re.compile(r"^(CPU|CPU_REPACK|CPU_Mapped|CUDA[0-9]+|CUDA_Host|CUDA_Split|Vulkan[0-9]+|Vulkan_Host|"
-                        r"Metal|SYCL[0-9]+|ROCm[0-9]+)$")
+_BUFFER_RE = re.compile(rf"^({LOCAL_BUFFER_TYPES})$")
 _KV_OVERRIDE_RE = re.compile(r"^[A-Za-z0-9_.-]+=(int|float|bool|str):[A-Za-z0-9_.+-]*$")
 _LOGIT_BIAS_RE = re.compile(r"^[0-9]+[+-]([0-9]+\.?[0-9]*|inf)$")
 
@@ -187,7 +188,6 @@ def people(reason: Reason, *names: str, n_values: int = 1) -> Flag:
     return Flag(names, people_only=reason, n_values=n_values)
 
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 ON_OFF_AUTO = CHOICE("on", "off", "auto")
 THREADS = INT(-1, 4096)
 PRIO = INT(-1, 3)
@@ -232,8 +232,8 @@ FLAGS: tuple[Flag, ...] = (
     agent("-kvo", "--kv-offload", "-nkvo", "--no-kv-offload"),
     agent("--repack", "-nr", "--no-repack"),
     agent("--no-host"),
-    agent("-ctk", "--cache-type-k", values=CHOICE(*CACHE_TYPES)),
-    agent("-ctv", "--cache-type-v", values=CHOICE(*CACHE_TYPES)),
+    agent("-ctk", "--cache-type-k", values=CHOICE(*KV_CACHE_TYPES)),
+    agent("-ctv", "--cache-type-v", values=CHOICE(*KV_CACHE_TYPES)),
     agent("-dt", "--defrag-thold", values=FLOAT(-1, 1)),
     agent("-lm", "--load-mode", values=CHOICE("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")),
     agent("-lzm", "--lazy-mode", values=CHOICE("on", "off", "auto")),
@@ -259,8 +259,8 @@ FLAGS: tuple[Flag, ...] = (
     agent("--offline"),
     agent("--log-prefix", "--no-log-prefix"),
     agent("--log-timestamps", "--no-log-timestamps"),
-    agent("--spec-draft-type-k", "-ctkd", "--cache-type-k-draft", values=CHOICE(*CACHE_TYPES)),
-    agent("--spec-draft-type-v", "-ctvd", "--cache-type-v-draft", values=CHOICE(*CACHE_TYPES)),
+    agent("--spec-draft-type-k", "-ctkd", "--cache-type-k-draft", values=CHOICE(*KV_CACHE_TYPES)),
+    agent("--spec-draft-type-v", "-ctvd", "--cache-type-v-draft", values=CHOICE(*KV_CACHE_TYPES)),
     agent("--samplers", values=ONE("text")),
     agent("-s", "--seed", values=INT(-1, 4294967295)),
     agent("--sampler-seq", "--sampling-seq", values=ONE("name")),
@@ -488,14 +488,22 @@ class ArgsError(ValueError):
     """The argument list breaks a rule; ``str()`` says which token and why."""
 
 
+def _walk(args: list[str]) -> Iterator[tuple[str, Flag | None, tuple[str, ...]]]:
+    """(token, its flag or None when unknown, the values it takes) for each flag position in ``args``.
+
+    An unknown token takes no values; a flag whose values run past the end gets what is there."""
+    i = 0
+    while i < len(args):
+        flag = BY_NAME.get(normalize(args[i]))
+        arity = flag.arity if flag else 0
+        yield args[i], flag, tuple(args[i + 1:i + 1 + arity])
+        i += 1 + arity
+
+
 def parse(args: list[str]) -> list[Use]:
     """Walk ``args`` as llama.cpp would, naming each flag and its values; unknown tokens are errors."""
     uses: list[Use] = []
-    i = 0
-    while i < len(args):
-        token = args[i]
-        name = normalize(token)
-        flag = BY_NAME.get(name)
+    for token, flag, values in _walk(args):
         if flag is None:
             if not token.startswith("-"):
                 raise ArgsError(f"{token!r} is not a flag (llama-server takes no positional arguments)")
@@ -503,11 +511,9 @@ def parse(args: list[str]) -> list[Use]:
                 raise ArgsError(f"{token}: llama-server has no --flag=value form; write the flag and its value "
                                 "as two words")
             raise ArgsError(f"{token} is not a flag of llama-server build {CLASSIFIED_FOR_BUILD}")
-        values = args[i + 1:i + 1 + flag.arity]
         if len(values) < flag.arity:
             raise ArgsError(f"{token} expects {flag.arity} value(s)")
-        uses.append(Use(flag, token, tuple(values)))
-        i += 1 + flag.arity
+        uses.append(Use(flag, token, values))
     return uses
 
 
@@ -529,17 +535,8 @@ def risky_uses(args: list[str]) -> list[tuple[str, str]]:
 
     Tolerant of what it cannot parse (lint reports only what it recognises): an unknown token is
     skipped, as if it took no value."""
-    found = []
-    i = 0
-    while i < len(args):
-        flag = BY_NAME.get(normalize(args[i]))
-        if flag is None:
-            i += 1
-            continue
-        if flag.people_only in RISKY_REASONS:
-            found.append((args[i], REASON_TEXT[flag.people_only]))
-        i += 1 + flag.arity
-    return found
+    return [(token, REASON_TEXT[flag.people_only]) for token, flag, _ in _walk(args)
+            if flag is not None and flag.people_only in RISKY_REASONS]
 
 
 # --- the pinned build's --help --------------------------------------------------------------
