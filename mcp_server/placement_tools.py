@@ -13,9 +13,9 @@ from pydantic import Field
 from .errors import LlamaPilotError
 from .calibration import Measurement
 from .placement import PlanResult, ProfileEstimate, calibrate as core_calibrate, estimate_profile, plan
-from .profiles import load_config, model_path_inside
-from .profiles import PROFILE_ID_PATTERN
+from .profiles import KV_CACHE_TYPES, PROFILE_ID_PATTERN, load_config, model_path_inside
 
+KV_TYPE_PATTERN = "^(" + "|".join(KV_CACHE_TYPES) + ")$"
 ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, description="profile id: a [section] of models.conf")]
 GpuSizes = Annotated[str | None, Field(
     pattern=r"^[0-9A-Za-z., ]{0,80}$",
@@ -43,7 +43,7 @@ def register_placement_tools(mcp: MCPServer, config_path: str | None) -> None:
         model: Annotated[str, Field(description="GGUF path relative to the models directory (the first shard of a split model)")],
         ctx: Annotated[int, Field(ge=0, le=4_194_304, description="context tokens; 0 = the model's training context")] = 0,
         gpus: GpuSizes = None,
-        kv_type: Annotated[str, Field(pattern=r"^(f32|f16|bf16|q8_0|q5_1|q5_0|q4_1|q4_0|iq4_nl)$")] = "f16",
+        kv_type: Annotated[str, Field(pattern=KV_TYPE_PATTERN)] = "f16",
         slots: Annotated[int, Field(ge=1, le=64)] = 1,
         reserve_mib: Annotated[float, Field(ge=0, le=16384, description="MiB kept free per GPU beyond the estimate")] = 384,
         write_profile: Annotated[str | None, Field(pattern=PROFILE_ID_PATTERN, description="an existing profile to write the settings into")] = None,

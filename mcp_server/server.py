@@ -33,11 +33,10 @@ from .errors import LlamaPilotError
 from .gpu import GpuReport, read_gpus
 from .lint import Finding, lint_config
 from .loadlog import LoadReport
-from .profiles import load_config
+from .profiles import PROFILE_ID_PATTERN, load_config
 from .backends import Unmanaged
 from .runtime import InstanceView, LogTail, Runtime, SwitchFailed, SwitchResult
 from .sysstats import StatsState, SystemStats, read_system
-from .profiles import PROFILE_ID_PATTERN
 
 ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, description="profile id: a [section] of models.conf")]
 

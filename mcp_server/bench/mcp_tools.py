@@ -19,11 +19,10 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ..errors import LlamaPilotError
-from ..profiles import load_config
+from ..profiles import PROFILE_ID_PATTERN, load_config
 from . import results_root
 from .jobs import Job, cancel_job as core_cancel_job, get_job as core_get_job, list_jobs as core_list_jobs, start_job
 from .results import RunSummary, summarize_runs
-from ..profiles import PROFILE_ID_PATTERN
 
 ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN,
                                  description="profile id: a [section] of models.conf")]
