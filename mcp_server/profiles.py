@@ -59,13 +59,15 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("N_GPU_LAYERS", "int_or_auto", "layers on GPU: a number, 'auto' or 'all'", "--n-gpu-layers", minimum=0,
             maximum=4096),
     KeySpec("SPLIT_MODE", "choice", "how to use several GPUs", "--split-mode", choices=("none", "layer", "row")),
-    KeySpec("TENSOR_SPLIT", "list", "share of the model per GPU, e.g. 3,1 or 24,16", "--tensor-split"),
+    KeySpec("TENSOR_SPLIT", "list", "share of the model per GPU, e.g. 3,1 or 24,16", "--tensor-split", minimum=0,
+            maximum=1e6),
     KeySpec("MAIN_GPU", "int", "GPU for the whole model with SPLIT_MODE=none", "--main-gpu", minimum=0, maximum=63),
     KeySpec("FLASH_ATTN", "choice", "flash attention", "--flash-attn", choices=("on", "off", "auto")),
     KeySpec("KV_CACHE_TYPE_K", "choice", "K cache type", "--cache-type-k", choices=KV_CACHE_TYPES),
     KeySpec("KV_CACHE_TYPE_V", "choice", "V cache type", "--cache-type-v", choices=KV_CACHE_TYPES),
     KeySpec("FIT", "onoff", "let llama.cpp fit the model to free memory", "--fit", choices=("on", "off")),
-    KeySpec("FIT_TARGET", "list", "MiB to leave free per GPU when fitting: one value or one per GPU", "--fit-target"),
+    KeySpec("FIT_TARGET", "list", "MiB to leave free per GPU when fitting: one value or one per GPU", "--fit-target",
+            minimum=0, maximum=1 << 20),
     KeySpec("FIT_CTX", "int", "smallest context --fit may shrink to", "--fit-ctx", minimum=0, maximum=1 << 24),
     KeySpec("LOAD_MODE", "choice", "how the model file is loaded: auto (memory-mapped), none (read into RAM, "
             "which lets llama.cpp repack CPU-resident weights for its faster CPU kernels), mlock, ...", "--load-mode",
@@ -82,7 +84,8 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("TOP_P", "float", "default top_p", "--top-p", minimum=0, maximum=1),
     KeySpec("TOP_K", "int", "default top_k (0 = off)", "--top-k", minimum=0, maximum=1 << 20),
     KeySpec("MIN_P", "float", "default min_p", "--min-p", minimum=0, maximum=1),
-    KeySpec("VISIBLE_DEVICES", "list", "GPUs this profile may use (CUDA_VISIBLE_DEVICES / Docker device request)"),
+    KeySpec("VISIBLE_DEVICES", "list", "GPUs this profile may use (CUDA_VISIBLE_DEVICES / Docker device request)",
+            minimum=0, maximum=63),
     KeySpec("BACKEND", "choice", "run llama-server natively or in Docker", choices=("native", "docker")),
     # Below 1024 are the system's ports (22 is ssh): a model server never belongs there.
     KeySpec("PORT", "int", "port for this profile (else the global PORT)", minimum=1024, maximum=65535),
@@ -139,9 +142,10 @@ def validate_value(key: str, value: str, where: str = "") -> None:
             raise ValidationError(key, value, "expected numbers such as 3,1", where)
         if key in ("FIT_TARGET", "VISIBLE_DEVICES") and not all(_INT_RE.match(p.strip()) for p in value.split(",")):
             raise ValidationError(key, value, "expected whole numbers such as 128,1024", where)
-        limits = {"FIT_TARGET": (0, 1 << 20), "VISIBLE_DEVICES": (0, 63), "TENSOR_SPLIT": (0, 1e6)}.get(key)
-        if limits and not all(limits[0] <= float(p) <= limits[1] for p in value.split(",")):
-            raise ValidationError(key, value, f"each number must be from {limits[0]:g} to {limits[1]:g}", where)
+        # Numeric lists carry their range in the KeySpec, like single numbers; it holds for each item.
+        low, high = spec.minimum, spec.maximum
+        if low is not None and high is not None and not all(low <= float(p) <= high for p in value.split(",")):
+            raise ValidationError(key, value, f"each number must be from {low:g} to {high:g}", where)
     elif kind == "path":
         if not value:
             raise ValidationError(key, value, "expected a file path", where)
