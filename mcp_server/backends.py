@@ -372,8 +372,12 @@ def _signal_all(targets: list[tuple[str, int]], sig: signal.Signals) -> None:
 
 def _wait_gone(record: InstanceRecord, timeout_s: float) -> bool:
     """True once the server and its keeper have both exited."""
+    return wait_ended([p for p in (record.pid, record.supervisor_pid) if p], timeout_s)
+
+
+def wait_ended(pids: list[int], timeout_s: float) -> bool:
+    """True once every pid is gone or a zombie (ended; its parent, maybe not us, reaps it)."""
     deadline = time.monotonic() + timeout_s
-    pids = [p for p in (record.pid, record.supervisor_pid) if p]
     while time.monotonic() < deadline:
         if not any(_alive(p) for p in pids):
             return True

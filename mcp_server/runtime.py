@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from . import paths
 from .argv import launch_spec
 from .backends import (Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time,
-                       owner_marks)
+                       owner_marks, wait_ended)
 from .errors import LlamaPilotError, ValidationError
 from .health import health
 from .instances import Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
@@ -512,9 +512,9 @@ class Runtime:
         try:
             proc = psutil.Process(pid)
             proc.terminate()
-            if not _ended(proc, grace_s):
+            if not wait_ended([pid], grace_s):
                 proc.kill()
-                if not _ended(proc, 10):
+                if not wait_ended([pid], 10):
                     raise LifecycleError(f"pid {pid} did not end within {grace_s + 10:g} s of SIGTERM and SIGKILL")
         except psutil.NoSuchProcess:
             pass
@@ -541,20 +541,6 @@ class ForeignServer(LifecycleError):
                  "unreadable": "its environment cannot be read (another user's process)"}.get(orphan.owner, orphan.owner)
         super().__init__(f"pid {orphan.pid or orphan.container_id} is not this home's server: {whose}. It is left "
                          f"alone; to stop it anyway: llama-pilot orphans --stop-pid {orphan.pid} --force")
-
-
-def _ended(proc: psutil.Process, timeout_s: float) -> bool:
-    """True once the process is gone or a zombie (ended; its parent, not us, reaps it)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
 
 
 def _recovered_note(orphan: Unmanaged) -> str:
