@@ -234,18 +234,22 @@ class Runtime:
         return records
 
     def _own_orphans(self, known: list[InstanceRecord]) -> list[Unmanaged]:
-        try:
-            found = self.backend("native").unmanaged(known, paths.home())
-        except LlamaPilotError:
-            found = []
-        if self._uses_docker(known):
-            try:
-                found += self.backend("docker").unmanaged(known, paths.home())
-            except LlamaPilotError:
-                pass  # no daemon: nothing to recover from it now
         # Only running servers are recovered: an exited container left behind is for `orphans` to
         # list, not a live instance (it has no pid).
-        return [o for o in found if o.is_own and o.pid and (o.backend == "native" or o.owner == "ours")]
+        return [o for o in self._unmanaged(known, tolerant=True)
+                if o.is_own and o.pid and (o.backend == "native" or o.owner == "ours")]
+
+    def _unmanaged(self, known: list[InstanceRecord], *, tolerant: bool) -> list[Unmanaged]:
+        """What each backend in use finds without a record; ``tolerant``: a backend that cannot be
+        asked (no Docker daemon) finds nothing, instead of failing the call."""
+        found: list[Unmanaged] = []
+        for name in ("native", "docker") if self._uses_docker(known) else ("native",):
+            try:
+                found += self.backend(name).unmanaged(known, paths.home())
+            except LlamaPilotError:
+                if not tolerant:
+                    raise
+        return found
 
     def _uses_docker(self, known: list[InstanceRecord]) -> bool:
         return any(r.backend == "docker" for r in known) or self.config.host.backend == "docker" or any(
@@ -455,10 +459,7 @@ class Runtime:
         foreign and are stopped only by :meth:`stop_foreign` with ``force``."""
         with self.registry.lock():
             known = [self._refresh(r) for r in self.registry.all()]
-        found = self.backend("native").unmanaged(known, paths.home())
-        if self._uses_docker(known):
-            found += self.backend("docker").unmanaged(known, paths.home())
-        return found
+        return self._unmanaged(known, tolerant=False)
 
     def elsewhere(self) -> list[Unmanaged]:
         """llama-servers that llama-pilot started from another home that still exists: not ours to manage,
