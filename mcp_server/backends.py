@@ -113,22 +113,23 @@ def append_separator(log_path: Path, text: str) -> None:
         raise StorageError.from_os_error(exc, "write the log", log_path, fix=paths.home_fix(exc)) from None
 
 
-def argv_port(argv: list[str]) -> int | None:
-    for flag in ("--port",):
-        if flag in argv:
-            i = argv.index(flag)
-            if i + 1 < len(argv) and argv[i + 1].isdigit():
-                return int(argv[i + 1])
-    return None
-
-
-def argv_model(argv: list[str]) -> str | None:
-    for flag in ("--model", "-m"):
+def argv_value(argv: list[str], *flags: str) -> str | None:
+    """The word after the first of ``flags`` found in ``argv`` (in the order the flags are given)."""
+    for flag in flags:
         if flag in argv:
             i = argv.index(flag)
             if i + 1 < len(argv):
                 return argv[i + 1]
     return None
+
+
+def argv_port(argv: list[str]) -> int | None:
+    value = argv_value(argv, "--port")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def argv_model(argv: list[str]) -> str | None:
+    return argv_value(argv, "--model", "-m")
 
 
 class NativeBackend:

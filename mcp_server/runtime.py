@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from . import paths
 from .argv import launch_spec
 from .backends import (Backend, NativeBackend, ProcessState, Unmanaged, append_separator, create_time,
-                       owner_marks, wait_ended)
+                       argv_value, owner_marks, wait_ended)
 from .errors import LlamaPilotError, ValidationError
 from .health import health
 from .instances import Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
@@ -488,7 +488,7 @@ class Runtime:
         keeper = _keeper_of(orphan.pid) if orphan.backend == "native" else None
         record = InstanceRecord(
             id=instance_id, profile=profile_id, backend=orphan.backend,  # type: ignore[arg-type]
-            status=InstanceStatus.LOADING, host=_argv_value(orphan.argv, "--host") or "127.0.0.1",
+            status=InstanceStatus.LOADING, host=argv_value(orphan.argv, "--host") or "127.0.0.1",
             port=orphan.port or 8080, argv=orphan.argv,
             env=owner_marks(paths.home(), instance_id, profile_id),
             log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=orphan.model_path or "",
@@ -566,12 +566,6 @@ def _keeper_of(pid: int | None) -> tuple[int, str] | None:
     if head[:1] == ["--hold-fd"]:
         head = head[2:]
     return (parent.pid, head[1]) if len(head) == 2 else None
-
-
-def _argv_value(argv: list[str], flag: str) -> str | None:
-    if flag in argv and argv.index(flag) + 1 < len(argv):
-        return argv[argv.index(flag) + 1]
-    return None
 
 
 class SwitchFailed(LifecycleError):
