@@ -15,14 +15,12 @@ from typing import Any, Iterator
 
 import click
 
-from .errors import LlamaPilotError
+from .errors import LlamaPilotError, storage_errors
 
 
 @contextmanager
 def cli_errors() -> Iterator[None]:
     """Domain errors become one clean message and exit code 1."""
-    from .errors import storage_errors
-
     try:
         # A read-only, full or foreign folder that no core function named yet: still one sentence.
         with storage_errors("write"):
