@@ -9,7 +9,7 @@
 # Runs as root. The daemon is started without iptables, bridge or overlayfs (--storage-driver=vfs),
 # so it works inside VMs and containers that lack those; containers then use host networking,
 # which is what llama-pilot's Docker backend asks for. Nothing is ever pulled: the tests build
-# their image locally (mcp_server.dockerimage.build_local_image).
+# their image locally (mcp_server.runtime.docker_image.build_local_image).
 #
 # Environment: LLAMA_PILOT_DOCKERD_DIR (default /var/run/llama-pilot-dockerd) holds the pid file
 # and dockerd.log; LLAMA_PILOT_DOCKERD_WAIT (default 60) is how long to wait for `docker info`.

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.synth import Q4_K, Q8_0, write_model  # noqa: E402
+from mcp_server.model_files.synthetic import Q4_K, Q8_0, write_model  # noqa: E402
 
 MIB = 1024 * 1024
 GIB_MIB = 1024
@@ -109,7 +109,7 @@ GROUPS = {"one": lambda c: c[2] == ONE, "two": lambda c: c[2] == TWO and c[3] is
 
 
 def nvml_gpus() -> list[Any]:
-    from mcp_server.gpu import read_gpus
+    from mcp_server.monitoring.gpu import read_gpus
 
     return read_gpus().in_cuda_order()
 
@@ -204,10 +204,11 @@ def long_prompt(n_words: int) -> str:
 
 
 def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) -> None:
-    from mcp_server.health import chat
-    from mcp_server.placement import estimate_profile, plan
-    from mcp_server.profiles import create_profile, load_config
-    from mcp_server.runtime import Runtime
+    from mcp_server.runtime.server_api import chat
+    from mcp_server.placement.operations import estimate_profile, plan
+    from mcp_server.profiles.config import load_config
+    from mcp_server.profiles.edits import create_profile
+    from mcp_server.runtime.lifecycle import Runtime
 
     cid, model, visible_text, budget, values = cfg
     visible = [int(v) for v in visible_text.split(",")]

@@ -18,13 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.estimate import estimate, settings_from_argv  # noqa: E402
-from mcp_server.gguf_inspect import inspect_gguf  # noqa: E402
-from mcp_server.gpu import read_gpus  # noqa: E402
-from mcp_server.health import chat  # noqa: E402
-from mcp_server.profiles import create_profile, load_config  # noqa: E402
-from mcp_server.runtime import Runtime  # noqa: E402
-from mcp_server.synth import DenseShape, MoeShape, write_dense, write_sparse_moe  # noqa: E402
+from mcp_server.placement.estimate import estimate, settings_from_argv  # noqa: E402
+from mcp_server.model_files.layout import inspect_gguf  # noqa: E402
+from mcp_server.monitoring.gpu import read_gpus  # noqa: E402
+from mcp_server.runtime.server_api import chat  # noqa: E402
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import create_profile
+from mcp_server.runtime.lifecycle import Runtime  # noqa: E402
+from mcp_server.model_files.synthetic import DenseShape, MoeShape, write_dense, write_sparse_moe  # noqa: E402
 
 MOE_CONFIGS = [
     {"CTX_SIZE": "8192", "PARALLEL": "1", "N_GPU_LAYERS": "99"},

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.gguf_inspect import inspect_gguf  # noqa: E402
-from mcp_server.synth import write_sparse_split  # noqa: E402
+from mcp_server.model_files.layout import inspect_gguf  # noqa: E402
+from mcp_server.model_files.synthetic import write_sparse_split  # noqa: E402
 
 Q4_K, Q6_K, F32 = 12, 14, 0
 

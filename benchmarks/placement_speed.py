@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_accuracy import held_budget, long_prompt, process_mib  # noqa: E402
 
-from mcp_server.synth import Q8_0, write_model  # noqa: E402
+from mcp_server.model_files.synthetic import Q8_0, write_model  # noqa: E402
 
 SHAPE = dict(n_layer=36, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_expert=512, n_expert_used=10,
              n_ff_expert=512, n_ctx_train=262144, n_vocab=151936, expert_type=Q8_0, attn_type=Q8_0)
@@ -57,7 +57,7 @@ def complete(url: str, prompt: str, n_predict: int) -> dict[str, Any]:
 
 def naive_settings(info: Any, free: list[float], reserve: float) -> dict[str, str]:
     """What a user splitting by -ngl would pick: whole layers, -ts by GPU size, as many layers as fit."""
-    from mcp_server.estimate import Settings, estimate
+    from mcp_server.placement.estimate import Settings, estimate
 
     budgets = [f - reserve for f in free]
     for ngl in range(info.n_layer + 1, 0, -1):
@@ -104,10 +104,11 @@ def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 
 
 
 def run(args: argparse.Namespace) -> None:
-    from mcp_server.gguf_inspect import inspect_gguf
-    from mcp_server.placement import plan
-    from mcp_server.profiles import create_profile, load_config
-    from mcp_server.runtime import Runtime
+    from mcp_server.model_files.layout import inspect_gguf
+    from mcp_server.placement.operations import plan
+    from mcp_server.profiles.config import load_config
+    from mcp_server.profiles.edits import create_profile
+    from mcp_server.runtime.lifecycle import Runtime
 
     work = Path(tempfile.mkdtemp(prefix="placement-"))
     paths = write_model("moe", work / "models" / "moe80", SHAPE, sparse=True, n_shards=3)

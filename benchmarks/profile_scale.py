@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mcp_server.bench.manifest import machine_summary  # noqa: E402
-from mcp_server.synth import MIN_VOCAB, DenseShape, dense_tensors, write_gguf  # noqa: E402
+from mcp_server.model_files.synthetic import MIN_VOCAB, DenseShape, dense_tensors, write_gguf  # noqa: E402
 
 COMMANDS = {"list": ["list"], "set": ["set", "p7", "CTX_SIZE=4096"], "lint": ["lint"]}
 PROBE = "import mcp_server, sys; sys.stdout.write(mcp_server.__file__)"

@@ -1,6 +1,6 @@
 """What the monitoring sampler costs: CPU time per second of sampling, and per sample.
 
-Runs :class:`mcp_server.sampler.Sampler` at ``--interval`` (1 s) for ``--seconds`` (60) in this
+Runs :class:`mcp_server.monitoring.sampler.Sampler` at ``--interval`` (1 s) for ``--seconds`` (60) in this
 process while the main thread sleeps, and divides the process's CPU time (user + system, all
 threads) by the wall time and by the number of samples. Modes, one run each, in this order:
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.gpu import FakeNvml, read_gpus  # noqa: E402
+from mcp_server.monitoring.gpu import FakeNvml, read_gpus  # noqa: E402
 from mcp_server.bench.manifest import machine_summary  # noqa: E402
-from mcp_server.sampler import Sampler  # noqa: E402
+from mcp_server.monitoring.sampler import Sampler  # noqa: E402
 
 HEADER = """# Sampler cost
 
@@ -104,8 +104,8 @@ def main() -> None:
 
     runtime = None
     if args.profile:
-        from mcp_server.profiles import load_config
-        from mcp_server.runtime import Runtime
+        from mcp_server.profiles.config import load_config
+        from mcp_server.runtime.lifecycle import Runtime
 
         runtime = Runtime(load_config(args.config))
         view = runtime.start(args.profile)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.argv import launch_spec  # noqa: E402
-from mcp_server.engine import locate_engine  # noqa: E402
-from mcp_server.profiles import load_config  # noqa: E402
-from mcp_server.runtime import Runtime, port_is_free  # noqa: E402
+from mcp_server.engine.argv import launch_spec  # noqa: E402
+from mcp_server.engine.binary import locate_engine  # noqa: E402
+from mcp_server.profiles.config import load_config  # noqa: E402
+from mcp_server.runtime.lifecycle import Runtime, port_is_free  # noqa: E402
 
 
 def _healthy(url: str) -> bool:

@@ -5,11 +5,11 @@ import sys
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "cli":
-        from .cli import main as cli_main
+        from mcp_server.cli.main import main as cli_main
 
         cli_main(sys.argv[2:])
         return
-    from .server import main as server_main
+    from mcp_server.server.app import main as server_main
 
     server_main(sys.argv[1:])
 

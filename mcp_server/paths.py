@@ -41,7 +41,7 @@ def _sub(name: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from .errors import StorageError
+        from mcp_server.errors import StorageError
 
         raise StorageError.from_os_error(exc, "create", path, fix=home_fix(exc)) from None
     return path

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _find_engine() -> str | None:
-    from mcp_server.engine import locate_engine
+    from mcp_server.engine.binary import locate_engine
     from mcp_server.errors import EngineNotFound
 
     try:
@@ -27,7 +27,7 @@ def _find_engine() -> str | None:
 
 
 def _find_demo_model() -> Path | None:
-    from mcp_server.bootstrap import DEMO_RELPATH, demo_model_cache_path
+    from mcp_server.setup.bootstrap import DEMO_RELPATH, demo_model_cache_path
 
     for candidate in (demo_model_cache_path(), REPO / "models" / DEMO_RELPATH):
         if candidate.is_file():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.argv import build_argv, launch_spec
+from mcp_server.engine.argv import build_argv, launch_spec
 from mcp_server.errors import ValidationError
-from mcp_server.profiles import load_config
+from mcp_server.profiles.config import load_config
 
 CONF = r"""
 [global]

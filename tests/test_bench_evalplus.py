@@ -13,8 +13,9 @@ import pytest
 from mcp_server.bench import BenchCancelled, read_jsonl
 from mcp_server.bench.evalplus_run import run_evalplus
 from mcp_server.bench.report import write_report
-from mcp_server.profiles import load_config, retire_profile
-from mcp_server.runtime import Runtime
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import retire_profile
+from mcp_server.runtime.lifecycle import Runtime
 
 from .conftest import REPO, need
 
@@ -114,7 +115,7 @@ def test_interrupted_run_resumes_without_regenerating(demo_project, engine_path,
 def test_tasks_subset_and_report_from_cli(demo_project, engine_path, mini, tmp_path):
     from click.testing import CliRunner
 
-    from mcp_server.cli import cli
+    from mcp_server.cli.main import cli
 
     results = tmp_path / "results"
     runner = CliRunner()

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from mcp_server.bench.jobs import get_job
-from mcp_server.server import build_server
+from mcp_server.server.app import build_server
 
 from .conftest import need
 from .test_bench_evalplus import MINI

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mcp_server.bench.speed import run_speed
-from mcp_server.profiles import load_config
-from mcp_server.runtime import Runtime
+from mcp_server.profiles.config import load_config
+from mcp_server.runtime.lifecycle import Runtime
 
 pytestmark = pytest.mark.engine
 

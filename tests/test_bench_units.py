@@ -15,8 +15,8 @@ from mcp_server.bench.clientconf import EVALPLUS_SYSTEM_PROMPT, client_settings
 from mcp_server.bench.evalplus_run import (BenchError, bench_profile_values, create_bench_profile, printed_pass_at_1,
                                            resolve_bench_profile, scores_from_eval_results)
 from mcp_server.bench.report import write_report
-from mcp_server.lint import lint_config
-from mcp_server.profiles import load_config
+from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.config import load_config
 
 from .conftest import REPO
 
@@ -203,7 +203,7 @@ def test_report_table_references_and_chart(tmp_path, write_conf):
 async def test_mcp_run_benchmark_refuses_at_once_what_a_job_would_fail_on(write_conf, monkeypatch, tmp_path):
     from mcp import Client
 
-    from mcp_server.server import build_server
+    from mcp_server.server.app import build_server
 
     for var in (ds.DATASET_ENV, "HUMANEVAL_OVERRIDE_PATH"):
         monkeypatch.delenv(var, raising=False)

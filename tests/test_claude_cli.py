@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mcp_server.claude_setup import bundled_files
-from mcp_server.cli import cli
+from mcp_server.setup.claude import bundled_files
+from mcp_server.cli.main import cli
 
 REPO = Path(__file__).resolve().parent.parent
 AGENTS = ("gpu-optimizer", "model-manager", "benchmark", "diagnose", "doc-keeper")
@@ -39,7 +39,7 @@ def _tool_names() -> set[str]:
     import anyio
     from mcp import Client
 
-    from mcp_server.server import build_server
+    from mcp_server.server.app import build_server
 
     async def names() -> set[str]:
         async with Client(build_server(REPO / "models.conf")) as client:
@@ -163,7 +163,7 @@ def test_every_tool_has_a_command():
 
 
 def test_new_commands_json_and_exit_codes(write_conf):
-    from mcp_server.synth import DenseShape, write_dense
+    from mcp_server.model_files.synthetic import DenseShape, write_dense
 
     conf = write_conf("[global]\nMODELS_DIR=models\n\n[alpha]\nMODEL=a.gguf\nTEMP=0.7\n")
     write_dense(conf.parent / "models" / "t" / "tiny.gguf", DenseShape(), seed=2)

@@ -8,7 +8,7 @@ import sys
 
 from click.testing import CliRunner
 
-from mcp_server.cli import cli
+from mcp_server.cli.main import cli
 
 CONF = """
 [global]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.profiles import load_config
+from mcp_server.profiles.config import load_config
 
 CONF = """\
 [p1]

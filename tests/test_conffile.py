@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_server.conffile import (
+from mcp_server.profiles.conffile import (
     KEY_RE,
     SECTION_ID_RE,
     ConfDocument,
@@ -686,7 +686,7 @@ def test_section_is_frozen():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from mcp_server.conffile import _split_lines as _lines  # noqa: E402
+from mcp_server.profiles.conffile import _split_lines as _lines  # noqa: E402
 
 _HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 

@@ -17,11 +17,12 @@ from typing import Any, Callable
 
 import pytest
 
-from mcp_server.health import chat
-from mcp_server.instances import InstanceStatus, Registry
-from mcp_server.profiles import create_profile, load_config, set_values
-from mcp_server.runtime import Runtime
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.runtime.server_api import chat
+from mcp_server.runtime.registry import InstanceStatus, Registry
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import create_profile, update_profile
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 from .conftest import REPO, need
 
@@ -42,7 +43,7 @@ def _textual() -> None:
 def project(demo_project: Path, engine_path: str) -> Path:
     """The demo profiles, a tiny synthetic model, and a profile that cannot start (bad flag)."""
     write_dense(demo_project.parent / "models" / "synth" / "tiny.gguf", DenseShape(), seed=1)
-    set_values(load_config(demo_project), "global", {"PORT": "18280", "PARALLEL": "1"})
+    update_profile(load_config(demo_project), "global", set={"PORT": "18280", "PARALLEL": "1"})
     create_profile(load_config(demo_project), "tiny", {"NAME": "Tiny synthetic", "MODEL": "synth/tiny.gguf",
                                                        "CTX_SIZE": "512", "SPEED": "instant"})
     create_profile(load_config(demo_project), "broken", {"NAME": "Broken flag", "MODEL": "synth/tiny.gguf",
@@ -52,14 +53,14 @@ def project(demo_project: Path, engine_path: str) -> Path:
 
 
 def fake_gpus():  # type: ignore[no-untyped-def]
-    from mcp_server.gpu import FakeNvml
+    from mcp_server.monitoring.gpu import FakeNvml
 
     return FakeNvml()  # an RTX 4090 and an RTX 5070 Ti, the original project's pair
 
 
 def sampler_with_history(fake: Any, interval_s: float = 0.5, samples: int = 90):  # type: ignore[no-untyped-def]
     """A real Sampler on a fake NVML, with a minute and a half of varied history already taken."""
-    from mcp_server.sampler import Sampler
+    from mcp_server.monitoring.sampler import Sampler
 
     sampler = Sampler(interval_s=interval_s, gpu_source=fake, registry=Registry())
     for i in range(samples):
@@ -86,14 +87,14 @@ async def picker_shown(pilot: Any, what: str = "the picker") -> None:
     """Wait until the picker is up and its list has the keyboard."""
     from textual.widgets import OptionList
 
-    from mcp_server.dashboard import PickerScreen
+    from mcp_server.dashboard.app import PickerScreen
 
     await until(pilot, lambda: isinstance(pilot.app.screen, PickerScreen)
                 and isinstance(pilot.app.focused, OptionList), what)
 
 
 def header(app: Any) -> str:
-    from mcp_server.dashboard import HeaderBar
+    from mcp_server.dashboard.app import HeaderBar
 
     return app.main.query_one(HeaderBar).text.plain
 
@@ -116,7 +117,7 @@ def live_profiles() -> list[str]:
 
 @pytest.mark.engine
 def test_picker_start_logs_switch_rollback_stop_quit(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcp_server.dashboard import Dashboard, MainScreen, Panel, PickerScreen
+    from mcp_server.dashboard.app import Dashboard, MainScreen, Panel, PickerScreen
 
     fake = fake_gpus()
     app = Dashboard(load_config(project), sampler=sampler_with_history(fake), interval_s=0.3)
@@ -226,9 +227,9 @@ def test_picker_start_logs_switch_rollback_stop_quit(project: Path, monkeypatch:
 
 def test_no_gpu_help_and_resize(write_conf) -> None:  # type: ignore[no-untyped-def]
     """Without a GPU the panel says why; the layout stacks, then drops the panels, as the terminal shrinks."""
-    from mcp_server.dashboard import Dashboard, HelpScreen, MainScreen, Panel, PickerScreen
-    from mcp_server.gpu import NVML_ERROR_DRIVER_NOT_LOADED, FakeNvml
-    from mcp_server.sampler import Sampler
+    from mcp_server.dashboard.app import Dashboard, HelpScreen, MainScreen, Panel, PickerScreen
+    from mcp_server.monitoring.gpu import NVML_ERROR_DRIVER_NOT_LOADED, FakeNvml
+    from mcp_server.monitoring.sampler import Sampler
 
     conf = write_conf("""
         [demo]
@@ -272,7 +273,7 @@ def test_no_gpu_help_and_resize(write_conf) -> None:  # type: ignore[no-untyped-
 
 
 def test_speed_from_timing_lines() -> None:
-    from mcp_server.dashboard import SpeedTracker
+    from mcp_server.dashboard.app import SpeedTracker
 
     tracker = SpeedTracker()
     for line in [
@@ -289,8 +290,8 @@ def test_speed_from_timing_lines() -> None:
 
 
 def test_log_follower_reads_one_run_and_waits_for_whole_lines(tmp_path: Path) -> None:
-    from mcp_server.backends import append_separator
-    from mcp_server.dashboard import LogFollower
+    from mcp_server.runtime.native import append_separator
+    from mcp_server.dashboard.app import LogFollower
 
     log = tmp_path / "demo.log"
     append_separator(log, "starting demo (Demo) as demo-1, native, port 8080")
@@ -312,7 +313,7 @@ def test_log_follower_reads_one_run_and_waits_for_whole_lines(tmp_path: Path) ->
 
 
 def test_thresholds() -> None:
-    from mcp_server.dashboard import RAM_CRIT_PCT, RAM_WARN_PCT, VRAM_CRIT_PCT, VRAM_WARN_PCT, level
+    from mcp_server.dashboard.app import RAM_CRIT_PCT, RAM_WARN_PCT, VRAM_CRIT_PCT, VRAM_WARN_PCT, level
 
     assert [level(v, VRAM_WARN_PCT, VRAM_CRIT_PCT) for v in (69.9, 70, 89.9, 90)] == ["ok", "warn", "warn", "crit"]
     assert [level(v, RAM_WARN_PCT, RAM_CRIT_PCT) for v in (69, 84, 85)] == ["ok", "warn", "crit"]
@@ -324,7 +325,7 @@ def test_cli_says_how_to_install_textual(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from click.testing import CliRunner
 
-    from mcp_server.cli import cli
+    from mcp_server.cli.main import cli
 
     monkeypatch.setitem(sys.modules, "textual", None)  # import textual -> ImportError
     result = CliRunner().invoke(cli, ["dashboard"])

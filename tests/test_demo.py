@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from mcp_server.bootstrap import demo, free_port, install_demo_model, setup
-from mcp_server.health import chat, health, wait_ready
-from mcp_server.profiles import load_config
+from mcp_server.setup.bootstrap import demo, free_port, install_demo_model, setup
+from mcp_server.runtime.server_api import chat, health, wait_ready
+from mcp_server.profiles.config import load_config
 
 pytestmark = pytest.mark.engine
 
@@ -24,7 +24,7 @@ def _port_is_free(port: int) -> bool:
 
 def test_llama_server_serves_demo_profile(engine_path, demo_project):
     """Start from the profile's argv, see /health go to 200, get a non-empty chat answer, stop."""
-    from mcp_server.argv import launch_spec
+    from mcp_server.engine.argv import launch_spec
 
     config = load_config(demo_project)
     spec = launch_spec(config.profile("demo"), config, engine=engine_path, port=free_port())
@@ -56,9 +56,9 @@ def test_demo_command_end_to_end(engine_path, demo_project):
 
 def test_demo_reports_a_server_that_dies_while_loading(engine_path, demo_project):
     from mcp_server.errors import LlamaPilotError
-    from mcp_server.profiles import set_values
+    from mcp_server.profiles.edits import update_profile
 
-    set_values(load_config(demo_project), "demo", {"EXTRA_ARGS": "--no-such-flag"})
+    update_profile(load_config(demo_project), "demo", set={"EXTRA_ARGS": "--no-such-flag"})
     started = time.monotonic()
     with pytest.raises(LlamaPilotError, match="invalid-argument") as info:
         demo(demo_project, timeout_s=60)

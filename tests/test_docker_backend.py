@@ -2,7 +2,7 @@
 
 Needs a Docker daemon (`.ci/docker.sh` installs and starts one on a CI machine), the built engine
 and the demo model. Nothing is pulled: the image is made from the local engine by
-mcp_server.dockerimage.build_local_image.
+mcp_server.runtime.docker_image.build_local_image.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import httpx
 import psutil
 import pytest
 
-from mcp_server import dockerimage, paths
-from mcp_server.backends import owner_marks
-from mcp_server.argv import LaunchSpec, launch_spec
+from mcp_server import paths
+
+from mcp_server.runtime import docker_image as dockerimage
+from mcp_server.runtime.native import owner_marks
+from mcp_server.engine.argv import LaunchSpec, launch_spec
 from mcp_server.files import sha256_of
-from mcp_server.docker_backend import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROFILE, DockerBackend, DockerError,
+from mcp_server.runtime.containers import (LABEL_INSTANCE, LABEL_MANAGED, LABEL_PROFILE, DockerBackend, DockerError,
                                        DockerImageMissing, container_name)
-from mcp_server.instances import InstanceRecord, InstanceStatus, new_instance_id
-from mcp_server.profiles import DEFAULT_DOCKER_IMAGE, Config, load_config
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus, new_instance_id
+from mcp_server.profiles.config import DEFAULT_DOCKER_IMAGE, Config, load_config
 
 from .conftest import REAL_ENGINE, need
 

@@ -1,4 +1,4 @@
-"""mcp_server.engine: finding, describing and building llama-server.
+"""mcp_server.engine.binary: finding, describing and building llama-server.
 
 Real processes throughout: fake engines are small shell scripts that print what the real
 llama-server prints; builds run the real cmake/ninja/cc on a tiny C project shaped like llama.cpp
@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server import engine, paths
-from mcp_server.engine import (
+from mcp_server import paths
+
+from mcp_server.engine import binary as engine
+from mcp_server.engine.binary import (
     BUILD_TARGETS,
     LLAMA_CPP_SDIST_FILE,
     LLAMA_CPP_SDIST_SHA256,

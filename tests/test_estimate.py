@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.estimate import (
+from mcp_server.placement.estimate import (
     Settings,
     cuda_alloc_bytes,
     estimate,
     layer_devices,
     settings_from_argv,
 )
-from mcp_server.gguf_inspect import inspect_gguf
-from mcp_server.profiles import create_profile, load_config, set_values
-from mcp_server.runtime import Runtime
-from mcp_server.synth import DenseShape, write_dense, write_sparse_split
+from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import create_profile, update_profile
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.model_files.synthetic import DenseShape, write_dense, write_sparse_split
 
 
 @pytest.mark.parametrize("n_layer, ngl, split, expected", [
@@ -101,7 +102,7 @@ def test_kv_cache_matches_the_real_server_to_the_byte(engine_path, demo_project,
     runtime = Runtime(load_config(demo_project))
     try:
         for profile in ("demo", "dense"):
-            set_values(load_config(demo_project), profile, extra)
+            update_profile(load_config(demo_project), profile, set=extra)
             config = load_config(demo_project)
             runtime = Runtime(config)
             view = runtime.start(profile)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from mcp_server.ggufmeta import GGUFFormatError
-from mcp_server.gguf_inspect import inspect_gguf, tensor_kind
-from mcp_server.synth import DenseShape, write_dense, write_sparse_split
+from mcp_server.model_files.reader import GGUFFormatError
+from mcp_server.model_files.layout import inspect_gguf, tensor_kind
+from mcp_server.model_files.synthetic import DenseShape, write_dense, write_sparse_split
 
 
 def moe_tensors(n_layer: int = 4, n_embd: int = 256, n_exp: int = 8, ff: int = 256) -> list:

@@ -12,12 +12,13 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from mcp_server import gpu as gpumod
-from mcp_server.cli import cli
-from mcp_server.gpu import FakeNvml, GpuReport, apply_visible_devices, heuristic_fastest_first, read_gpus
-from mcp_server.instances import InstanceRecord, InstanceStatus
-from mcp_server.profiles import load_config, set_values
-from mcp_server.runtime import Runtime
+from mcp_server.monitoring import gpu as gpumod
+from mcp_server.cli.main import cli
+from mcp_server.monitoring.gpu import FakeNvml, GpuReport, apply_visible_devices, heuristic_fastest_first, read_gpus
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import update_profile
+from mcp_server.runtime.lifecycle import Runtime
 
 RTX_4090, RTX_5070_TI = 0, 1  # NVML indices: bus 01 and bus 02
 
@@ -287,7 +288,7 @@ def test_cuda_index_inside_each_instance():
 
 @pytest.mark.engine
 def test_real_native_instance_is_named(engine_path, demo_project):
-    set_values(load_config(demo_project), "global", {"PORT": "18390", "PARALLEL": "1"})
+    update_profile(load_config(demo_project), "global", set={"PORT": "18390", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
     view = runtime.start("demo")
     try:
@@ -366,7 +367,7 @@ def test_cli_gpu_watch_redraws_until_ctrl_c(monkeypatch):
 async def test_mcp_gpu_stats_tool(write_conf):
     from mcp import Client
 
-    from mcp_server.server import build_server
+    from mcp_server.server.app import build_server
 
     conf = write_conf("[global]\nMODELS_DIR=models\n\n[alpha]\nMODEL=a.gguf\n")
     async with Client(build_server(conf), raise_exceptions=True) as client:

@@ -7,8 +7,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from mcp_server.lint import lint_config
-from mcp_server.profiles import load_config
+from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.config import load_config
 
 
 def write_gguf(path: Path, arch: str = "llama", extra: dict[str, int] | None = None) -> Path:

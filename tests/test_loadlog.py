@@ -5,7 +5,7 @@ since a CUDA OOM cannot be produced on a machine without a GPU."""
 
 from __future__ import annotations
 
-from mcp_server.loadlog import diagnose, last_run, load_progress, parse_load_report
+from mcp_server.runtime.server_log import diagnose, last_run, load_progress, parse_load_report
 
 PREFIX = "0.01.{:03d}.000 {} "
 

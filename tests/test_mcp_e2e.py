@@ -19,8 +19,9 @@ import psutil
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_server.profiles import load_config, set_values
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import update_profile
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +35,7 @@ def _stdio(conf: Path) -> StdioServerParameters:
 
 def _own_port(conf: Path, port: int) -> None:
     """Keep these servers off 8080 and off the other suites' ports."""
-    set_values(load_config(conf), "global", {"PORT": str(port)})
+    update_profile(load_config(conf), "global", set={"PORT": str(port)})
 
 
 @pytest.mark.engine
@@ -69,7 +70,7 @@ async def test_stdio_demo_start_complete_logs_stop(demo_project, engine_path):
 
 
 ADDED_PROFILE = """
-# Tiny synthetic llama (random weights, mcp_server.synth): dense, 2 layers, 4 heads / 2 KV heads,
+# Tiny synthetic llama (random weights, mcp_server.model_files.synthetic): dense, 2 layers, 4 heads / 2 KV heads,
 # 2048-token training context, per inspect_gguf.
 # NOT YET TESTED
 [tiny-synth]
@@ -105,7 +106,7 @@ async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_pat
         values = {"NAME": "Tiny synthetic llama",
                   "DESCRIPTION": "Random-weight test model added by the scripted add-model run",
                   "MODEL": new["path"], "CTX_SIZE": "512", "PARALLEL": "1"}
-        comments = [f"Tiny synthetic llama (random weights, mcp_server.synth): dense, {info['n_layer']} layers, "
+        comments = [f"Tiny synthetic llama (random weights, mcp_server.model_files.synthetic): dense, {info['n_layer']} layers, "
                     f"{max(info['n_head'])} heads / {max(info['n_head_kv'])} KV heads,",
                     f"{info['n_ctx_train']}-token training context, per inspect_gguf.", "NOT YET TESTED"]
         preview = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
@@ -244,7 +245,7 @@ def test_http_offers_no_host_option():
 @pytest.mark.engine
 async def test_failed_start_is_explained_by_diagnose(demo_project, engine_path):
     _own_port(demo_project, 18300)
-    set_values(load_config(demo_project), "demo", {"EXTRA_ARGS": "--no-such-flag"})
+    update_profile(load_config(demo_project), "demo", set={"EXTRA_ARGS": "--no-such-flag"})
     async with Client(_stdio(demo_project), read_timeout_seconds=120) as client:
         started = await client.call_tool("start_model", {"profile": "demo"})
         assert started.is_error and "invalid-argument" in started.content[0].text

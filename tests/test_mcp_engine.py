@@ -15,8 +15,8 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_server import engine
-from mcp_server.server import build_server
+from mcp_server.engine import binary as engine
+from mcp_server.server.app import build_server
 
 from .test_engine import FAKE_MAIN, NO_GPU, make_source, needs_toolchain
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from mcp_server.server import build_server
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.server.app import build_server
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 pytestmark = pytest.mark.anyio
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mcp import Client
 
-from mcp_server.server import build_server
-from mcp_server.synth import MoeShape, write_sparse_moe
+from mcp_server.server.app import build_server
+from mcp_server.model_files.synthetic import MoeShape, write_sparse_moe
 
 pytestmark = pytest.mark.anyio
 

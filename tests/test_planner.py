@@ -7,16 +7,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mcp_server import calibration
-from mcp_server.cli import cli
+from mcp_server.placement import calibration
+from mcp_server.cli.main import cli
 from mcp_server.errors import ValidationError
-from mcp_server.estimate import Settings, estimate
-from mcp_server.fit import emulate_fit
-from mcp_server.gguf_inspect import inspect_gguf
-from mcp_server.placement import gpu_inventory, parse_gpu_sizes
-from mcp_server.planner import plan_placement
-from mcp_server.profiles import load_config
-from mcp_server.synth import MoeShape, write_sparse_moe, write_sparse_split
+from mcp_server.placement.estimate import Settings, estimate
+from mcp_server.placement.fit_replay import emulate_fit
+from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.placement.operations import gpu_inventory, parse_gpu_sizes
+from mcp_server.placement.planner import plan_placement
+from mcp_server.profiles.config import load_config
+from mcp_server.model_files.synthetic import MoeShape, write_sparse_moe, write_sparse_split
 
 GIB = 1024.0
 
@@ -90,7 +90,7 @@ def test_moe_80b_two_gpus_beat_one_and_use_both(moe80):
     for dev, free in zip(both.estimate.devices, [24 * GIB, 16 * GIB]):
         assert free - 384 - dev.total_mib < 1700
     # The plan's settings, replayed through the estimator, give the same numbers.
-    from mcp_server.estimate import settings_from_argv
+    from mcp_server.placement.estimate import settings_from_argv
 
     again = estimate(moe80, settings_from_argv(["llama-server", *both.argv]), [24 * GIB, 16 * GIB])
     assert [d.total_mib for d in again.devices] == [d.total_mib for d in both.estimate.devices]
@@ -140,7 +140,7 @@ def test_fit_replay(moe80, moe30):
     assert out.changed and out.n_gpu_layers == MOE_80B.n_layer + 1 and all(c > 0 for c in out.tensor_split)
     assert 0 < len(out.experts_on_cpu_layers) < MOE_80B.n_layer
     # Fit counts buffers plus the context that existed when it measured, against free minus 1024 MiB.
-    from mcp_server.fit import FIT_CONTEXT_MIB
+    from mcp_server.placement.fit_replay import FIT_CONTEXT_MIB
 
     assert all(d.total_mib - d.overhead_mib + FIT_CONTEXT_MIB <= f - 1024
                for d, f in zip(out.estimate.devices, [24 * GIB, 16 * GIB]))
@@ -222,11 +222,11 @@ def test_calibration_overhead_is_the_median_of_measurements(moe30):
 @pytest.mark.engine
 def test_calibrate_a_running_profile_and_see_it_beside_the_estimate(demo_project, engine_path):
     """On a CPU-only machine: the host buffers llama.cpp logged are stored with the prediction."""
-    from mcp_server.placement import calibrate, estimate_profile
-    from mcp_server.profiles import set_values
-    from mcp_server.runtime import Runtime
+    from mcp_server.placement.operations import calibrate, estimate_profile
+    from mcp_server.profiles.edits import update_profile
+    from mcp_server.runtime.lifecycle import Runtime
 
-    set_values(load_config(demo_project), "global", {"PORT": "18310"})
+    update_profile(load_config(demo_project), "global", set={"PORT": "18310"})
     config = load_config(demo_project)
     runtime = Runtime(config)
     runtime.start("demo", timeout_s=120)

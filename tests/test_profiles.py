@@ -6,14 +6,8 @@ import pytest
 
 from mcp_server import paths
 from mcp_server.errors import ConfigError, ProfileNotFound, ValidationError
-from mcp_server.profiles import (
-    create_profile,
-    load_config,
-    parse_tensor_overrides,
-    retire_profile,
-    set_values,
-    unset_values,
-)
+from mcp_server.profiles.config import load_config, parse_tensor_overrides
+from mcp_server.profiles.edits import create_profile, retire_profile, update_profile
 
 BASIC = """
 # header comment
@@ -97,7 +91,7 @@ def test_bad_values_name_file_line_and_reason(write_conf, text, fragment):
 def test_set_changes_one_line_and_keeps_a_backup(write_conf, isolated_home):
     path = write_conf(BASIC)
     before = path.read_text()
-    result = set_values(load_config(path), "glm-flash-q4", {"CTX_SIZE": "65536"})
+    result = update_profile(load_config(path), "glm-flash-q4", set={"CTX_SIZE": "65536"})
     after = path.read_text()
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
     assert changed == [("CTX_SIZE=131072", "CTX_SIZE=65536")]
@@ -109,7 +103,7 @@ def test_set_changes_one_line_and_keeps_a_backup(write_conf, isolated_home):
 
 def test_set_new_key_adds_one_line_in_that_section(write_conf):
     path = write_conf(BASIC)
-    set_values(load_config(path), "bench-glm-flash-q4", {"PARALLEL": "4"})
+    update_profile(load_config(path), "bench-glm-flash-q4", set={"PARALLEL": "4"})
     lines = path.read_text().splitlines()
     assert lines[lines.index("CTX_SIZE=10240") + 1] == "PARALLEL=4"
     assert len(lines) == len(BASIC.strip("\n").splitlines()) + 1
@@ -118,7 +112,7 @@ def test_set_new_key_adds_one_line_in_that_section(write_conf):
 def test_dry_run_writes_nothing(write_conf):
     path = write_conf(BASIC)
     before = path.read_bytes()
-    result = set_values(load_config(path), "glm-flash-q4", {"SPEED": "~150 t/s"}, dry_run=True)
+    result = update_profile(load_config(path), "glm-flash-q4", set={"SPEED": "~150 t/s"}, dry_run=True)
     assert result.dry_run and result.changed and "+SPEED=~150 t/s" in result.diff
     assert path.read_bytes() == before
 
@@ -127,11 +121,11 @@ def test_invalid_edit_is_refused_and_file_untouched(write_conf):
     path = write_conf(BASIC)
     before = path.read_bytes()
     with pytest.raises(ValidationError, match="expected a whole number"):
-        set_values(load_config(path), "glm-flash-q4", {"CTX_SIZE": "big"})
+        update_profile(load_config(path), "glm-flash-q4", set={"CTX_SIZE": "big"})
     with pytest.raises(ValidationError, match="keys are letters"):
-        set_values(load_config(path), "glm-flash-q4", {"BAD KEY": "1"})
+        update_profile(load_config(path), "glm-flash-q4", set={"BAD KEY": "1"})
     with pytest.raises(ProfileNotFound):
-        set_values(load_config(path), "nope", {"CTX_SIZE": "1"})
+        update_profile(load_config(path), "nope", set={"CTX_SIZE": "1"})
     assert path.read_bytes() == before
 
 
@@ -140,7 +134,7 @@ def test_edit_of_a_stale_config_is_applied_on_top_of_the_newer_file(write_conf):
     path = write_conf(BASIC)
     config = load_config(path)
     path.write_text(BASIC + "\n# someone else's edit\n")
-    set_values(config, "glm-flash-q4", {"CTX_SIZE": "4096"})
+    update_profile(config, "glm-flash-q4", set={"CTX_SIZE": "4096"})
     text = path.read_text()
     assert "# someone else's edit\n" in text
     assert "CTX_SIZE=4096" in text
@@ -152,18 +146,18 @@ def test_edit_of_a_stale_config_fails_clearly_when_its_profile_is_gone(write_con
     path.write_text(BASIC.replace("[glm-flash-q4]", "[renamed]"))
     before = path.read_bytes()
     with pytest.raises(ProfileNotFound, match="glm-flash-q4"):
-        set_values(config, "glm-flash-q4", {"CTX_SIZE": "4096"})
+        update_profile(config, "glm-flash-q4", set={"CTX_SIZE": "4096"})
     assert path.read_bytes() == before
 
 
 def test_unset_and_model_cannot_be_unset(write_conf):
     path = write_conf(BASIC)
-    unset_values(load_config(path), "glm-flash-q4", ["CUSTOM_NOTE"])
+    update_profile(load_config(path), "glm-flash-q4", unset=["CUSTOM_NOTE"])
     assert "CUSTOM_NOTE" not in path.read_text()
     with pytest.raises(ValidationError, match="retire the profile"):
-        unset_values(load_config(path), "glm-flash-q4", ["MODEL"])
+        update_profile(load_config(path), "glm-flash-q4", unset=["MODEL"])
     with pytest.raises(ValidationError, match="not set"):
-        unset_values(load_config(path), "glm-flash-q4", ["TOP_K"])
+        update_profile(load_config(path), "glm-flash-q4", unset=["TOP_K"])
 
 
 def test_create_appends_section_and_retire_comments_it_out(write_conf):
@@ -197,7 +191,7 @@ def test_create_refuses_duplicates_reserved_ids_and_missing_model(write_conf):
 
 def test_global_section_is_created_on_first_set(write_conf):
     path = write_conf("[p]\nMODEL=a.gguf\n")
-    set_values(load_config(path), "global", {"PORT": "8181"})
+    update_profile(load_config(path), "global", set={"PORT": "8181"})
     config = load_config(path)
     assert config.host.port == 8181 and config.profile("p").get("PORT") == "8181"
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_server.health import chat
-from mcp_server.instances import InstanceStatus, Registry
-from mcp_server.profiles import create_profile, load_config, set_values
-from mcp_server.runtime import AlreadyRunning, PortInUse, Runtime, StartFailed, StartRefused, SwitchFailed
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.runtime.server_api import chat
+from mcp_server.runtime.registry import InstanceStatus, Registry
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import create_profile, update_profile
+from mcp_server.runtime.lifecycle import AlreadyRunning, PortInUse, Runtime, StartFailed, StartRefused, SwitchFailed
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 from .conftest import need
 
@@ -42,7 +43,7 @@ def _docker_ready() -> bool:
 def backend(request, engine_path) -> str:
     if request.param == "docker":
         need(_docker_ready(), "a Docker engine", "run `bash .ci/docker.sh` (installs docker.io, starts dockerd)")
-        from mcp_server.dockerimage import build_local_image
+        from mcp_server.runtime.docker_image import build_local_image
 
         build_local_image(engine_path=engine_path)
     return request.param
@@ -53,7 +54,7 @@ def project(demo_project: Path, backend: str) -> Path:
     """The demo profiles plus a tiny synthetic model, all on the chosen backend, ports from 18080."""
     write_dense(demo_project.parent / "models" / "synth" / "tiny.gguf", DenseShape(), seed=1)
     config = load_config(demo_project)
-    set_values(config, "global", {"BACKEND": backend, "PORT": "18080", "PARALLEL": "1"})
+    update_profile(config, "global", set={"BACKEND": backend, "PORT": "18080", "PARALLEL": "1"})
     create_profile(load_config(demo_project), "tiny", {"NAME": "Tiny synthetic", "MODEL": "synth/tiny.gguf",
                                                        "CTX_SIZE": "512"})
     return demo_project
@@ -72,7 +73,7 @@ def reload(rt: Runtime, project: Path) -> Runtime:
 
 
 def edit(project: Path, profile: str, **values: str) -> None:
-    set_values(load_config(project), profile, values)
+    update_profile(load_config(project), profile, set=values)
 
 
 def listening(port: int) -> bool:

@@ -26,11 +26,12 @@ import psutil
 import pytest
 
 from mcp_server import paths
-from mcp_server.backends import MARK_HOME, NativeBackend, create_time
-from mcp_server.instances import InstanceRecord, InstanceStatus, Registry
-from mcp_server.profiles import create_profile, load_config, set_values
-from mcp_server.runtime import AlreadyRunning, ForeignServer, Runtime
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.runtime.native import MARK_HOME, NativeBackend, create_time
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus, Registry
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import create_profile, update_profile
+from mcp_server.runtime.lifecycle import AlreadyRunning, ForeignServer, Runtime
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 pytestmark = pytest.mark.engine
 
@@ -140,9 +141,9 @@ def _wait_pid_visible(pid: int) -> None:
 LAUNCHER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from mcp_server import backends
-    from mcp_server.profiles import load_config
-    from mcp_server.runtime import Runtime
+    from mcp_server.runtime import native as backends
+    from mcp_server.profiles.config import load_config
+    from mcp_server.runtime.lifecycle import Runtime
 
     conf, point, barrier = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
@@ -161,7 +162,7 @@ LAUNCHER = textwrap.dedent("""
 # process exists" and "it wrote the pid file" is wide enough to look into every time.
 SLOW_KEEPER = textwrap.dedent("""
     import sys, time
-    if "mcp_server.keeper" in sys.orig_argv:
+    if "mcp_server.runtime.keeper" in sys.orig_argv:
         time.sleep(1.0)
 """)
 
@@ -312,7 +313,7 @@ def test_status_and_stop_work_when_a_profile_was_created_after_start(runtime, pr
     # A guard for the reconcile step: a record for a profile the config no longer (or not yet) has.
     runtime.start("tiny")
     create_profile(load_config(project), "other", {"MODEL": "synth/tiny.gguf"})
-    set_values(load_config(project), "tiny", {"CTX_SIZE": "256"})
+    update_profile(load_config(project), "tiny", set={"CTX_SIZE": "256"})
     assert {v.profile for v in Runtime(load_config(project)).status()} == {"tiny"}
 
 

@@ -8,11 +8,12 @@ import time
 
 import pytest
 
-from mcp_server.gpu import FakeNvml
-from mcp_server.instances import InstanceRecord, InstanceStatus, Registry
-from mcp_server.profiles import load_config, set_values
-from mcp_server.runtime import Runtime
-from mcp_server.sampler import Sampler, Snapshot
+from mcp_server.monitoring.gpu import FakeNvml
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus, Registry
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import update_profile
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.monitoring.sampler import Sampler, Snapshot
 
 GPU_KEYS = {f"gpu{n}.{k}" for n in (0, 1) for k in ("util_pct", "mem_util_pct", "mem_used_mib", "power_w",
                                                      "temp_c", "sm_clock_mhz", "fan_pct")}
@@ -134,7 +135,7 @@ def test_bad_arguments():
 
 @pytest.mark.engine
 def test_sampler_follows_a_real_instance(engine_path, demo_project):
-    set_values(load_config(demo_project), "global", {"PORT": "18398", "PARALLEL": "1"})
+    update_profile(load_config(demo_project), "global", set={"PORT": "18398", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
     view = runtime.start("demo")
     try:

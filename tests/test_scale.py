@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mcp_server import ggufmeta, lint
-from mcp_server.conffile import ConfDocument
-from mcp_server.profiles import load_config
-from mcp_server.synth import MIN_VOCAB, DenseShape, dense_tensors, write_gguf
+from mcp_server.model_files import reader as ggufmeta
+
+from mcp_server.profiles import lint
+from mcp_server.profiles.conffile import ConfDocument
+from mcp_server.profiles.config import load_config
+from mcp_server.model_files.synthetic import MIN_VOCAB, DenseShape, dense_tensors, write_gguf
 
 
 def _big_vocab_model(path: Path, seed: int) -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from mcp import Client, StdioServerParameters
 
-from mcp_server.server import build_server
+from mcp_server.server.app import build_server
 
 pytestmark = pytest.mark.anyio
 

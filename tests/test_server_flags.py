@@ -21,11 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from mcp_server import engine, server_flags
-from mcp_server.profiles import load_config
-from mcp_server.server import build_server
-from mcp_server.server_flags import BY_NAME, FLAGS, ArgsError, check_agent_args, parse_help
-from mcp_server.synth import DenseShape, write_dense
+from mcp_server.engine import binary as engine
+
+from mcp_server.engine import flags as server_flags
+from mcp_server.profiles.config import load_config
+from mcp_server.server.app import build_server
+from mcp_server.engine.flags import BY_NAME, FLAGS, ArgsError, check_agent_args, parse_help
+from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 HELP_SNAPSHOT = Path(__file__).parent / "data" / f"llama-server-help-b{server_flags.CLASSIFIED_FOR_BUILD}.txt"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from mcp_server.server import build_server
+from mcp_server.server.app import build_server
 
 from .conftest import need
 

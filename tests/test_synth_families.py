@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcp_server.estimate import estimate, settings_from_argv
-from mcp_server.gguf_inspect import inspect_gguf
-from mcp_server.loadlog import parse_load_report
-from mcp_server.synth import (
+from mcp_server.placement.estimate import estimate, settings_from_argv
+from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.runtime.server_log import parse_load_report
+from mcp_server.model_files.synthetic import (
     FAMILIES,
     MoeShape,
     family_model,

@@ -14,12 +14,13 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from mcp_server import sysstats
-from mcp_server.cli import cli
-from mcp_server.instances import InstanceRecord, InstanceStatus
-from mcp_server.profiles import load_config, set_values
-from mcp_server.runtime import Runtime
-from mcp_server.sysstats import StatsState, read_system
+from mcp_server.monitoring import system as sysstats
+from mcp_server.cli.main import cli
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
+from mcp_server.profiles.config import load_config
+from mcp_server.profiles.edits import update_profile
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.monitoring.system import StatsState, read_system
 
 
 def record(profile: str = "demo", *, pid: int | None = None, backend: str = "native", **extra) -> InstanceRecord:
@@ -145,9 +146,9 @@ def test_docker_failures_leave_figures_empty(monkeypatch, busy):
 
 @pytest.mark.engine
 def test_real_instance_rss_and_cpu(engine_path, demo_project):
-    from mcp_server.health import chat
+    from mcp_server.runtime.server_api import chat
 
-    set_values(load_config(demo_project), "global", {"PORT": "18395", "PARALLEL": "1"})
+    update_profile(load_config(demo_project), "global", set={"PORT": "18395", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
     view = runtime.start("demo")
     try:
@@ -200,7 +201,7 @@ def test_cli_stats_watch(monkeypatch):
 async def test_mcp_system_stats_tool(write_conf):
     from mcp import Client
 
-    from mcp_server.server import build_server
+    from mcp_server.server.app import build_server
 
     conf = write_conf("[global]\nMODELS_DIR=models\n\n[alpha]\nMODEL=a.gguf\n")
     async with Client(build_server(conf), raise_exceptions=True) as client:

@@ -12,10 +12,11 @@ import pytest
 from mcp import Client
 
 from mcp_server.errors import ValidationError
-from mcp_server.lint import lint_config
-from mcp_server.profiles import load_config, set_values, validate_value
-from mcp_server.runtime import Runtime
-from mcp_server.server import build_server
+from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.config import load_config, validate_value
+from mcp_server.profiles.edits import update_profile
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.server.app import build_server
 
 CONF = "[global]\nPORT=18580\n\n[p1]\nMODEL=a.gguf\n"
 
@@ -44,7 +45,7 @@ def test_out_of_range_and_nul_values_are_refused(write_conf, key, value, reason)
     with pytest.raises(ValidationError, match=reason):
         validate_value(key, value)
     with pytest.raises(ValidationError, match=reason):
-        set_values(load_config(conf), "p1", {key: value})
+        update_profile(load_config(conf), "p1", set={key: value})
     assert conf.read_bytes() == before
 
 

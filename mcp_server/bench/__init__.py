@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import paths
-from ..errors import LlamaPilotError
+from mcp_server import paths
+from mcp_server.errors import LlamaPilotError
 
 BENCH_DIR_ENV = "LLAMA_PILOT_BENCH_DIR"
 RUN_KINDS = ("speed", "evalplus")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..conffile import ConfDocument
-from ..errors import ConfigError
-from ..profiles import Config
+from mcp_server.profiles.conffile import ConfDocument
+from mcp_server.errors import ConfigError
+from mcp_server.profiles.config import Config
 
 CLIENT_CONF_ENV = "LLAMA_PILOT_BENCH_CLIENT_CONF"
 DEFAULTS_SECTION = "defaults"

@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .. import paths
-from . import BenchError
+from mcp_server import paths
+from mcp_server.bench import BenchError
 
 VERSION = "v0.1.10"
 DATASET_ENV = "LLAMA_PILOT_HUMANEVAL"

@@ -38,14 +38,15 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from ..profiles import BENCH_PREFIX, Config, EditResult, Profile, create_profile, load_config, split_extra_args
-from . import (BenchCancelled, BenchError, Progress, child_env, list_runs, new_run_dir, now_iso, read_json,
+from mcp_server.profiles.config import BENCH_PREFIX, Config, Profile, load_config, split_extra_args
+from mcp_server.profiles.edits import EditResult, create_profile
+from mcp_server.bench import (BenchCancelled, BenchError, Progress, child_env, list_runs, new_run_dir, now_iso, read_json,
                read_jsonl, results_root, write_json)
-from .clientconf import ClientSettings, client_settings
-from .dataset import DatasetInfo, evalplus_cache_home, load_problems, locate_dataset, select, write_subset
-from .manifest import load_avg, server_manifest
-from .postprocess import postprocess
-from .serving import Serving
+from mcp_server.bench.clientconf import ClientSettings, client_settings
+from mcp_server.bench.dataset import DatasetInfo, evalplus_cache_home, load_problems, locate_dataset, select, write_subset
+from mcp_server.bench.manifest import load_avg, server_manifest
+from mcp_server.bench.postprocess import postprocess
+from mcp_server.bench.serving import Serving
 
 DEFAULT_CTX_PER_SLOT = 10240
 INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "

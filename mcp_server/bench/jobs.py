@@ -25,10 +25,10 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, Field
 
-from .. import paths
-from ..errors import LlamaPilotError
-from ..files import exclusive_lock
-from . import BenchCancelled, child_env, now_iso, read_json, write_json
+from mcp_server import paths
+from mcp_server.errors import LlamaPilotError
+from mcp_server.files import exclusive_lock
+from mcp_server.bench import BenchCancelled, child_env, now_iso, read_json, write_json
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 LIVE = ("queued", "running")
@@ -229,7 +229,7 @@ class _Runner:
         self.save(force=True)
 
     def run(self) -> None:
-        from ..profiles import load_config
+        from mcp_server.profiles.config import load_config
 
         job = self.job
         signal.signal(signal.SIGTERM, lambda *_: self.cancel.set())
@@ -244,7 +244,7 @@ class _Runner:
             config = load_config(job.config_path)
             params = dict(job.params)
             if job.kind == "evalplus":
-                from .evalplus_run import run_evalplus
+                from mcp_server.bench.evalplus_run import run_evalplus
 
                 run = run_evalplus(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
                                    **params)
@@ -253,7 +253,7 @@ class _Runner:
                               "scores": run.scores.model_dump() if run.scores else None,
                               "generation_s": run.generation_s, "evaluation_s": run.evaluation_s}
             else:
-                from .speed import run_speed
+                from mcp_server.bench.speed import run_speed
 
                 speed = run_speed(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
                                   **params)

@@ -14,10 +14,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, paths
-from ..files import sha256_of
-from ..profiles import Config, Profile
-from . import now_iso, write_json
+from mcp_server import __version__, paths
+from mcp_server.files import sha256_of
+from mcp_server.profiles.config import Config, Profile
+from mcp_server.bench import now_iso, write_json
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
@@ -46,7 +46,7 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
 
 def model_files(config: Config, profile: Profile) -> list[dict[str, Any]]:
     """Name, path, size and sha256 of the profile's GGUF (every shard of a split file)."""
-    from ..ggufmeta import shard_paths
+    from mcp_server.model_files.reader import shard_paths
 
     first = config.model_path(profile)
     if first is None:
@@ -141,7 +141,7 @@ def load_avg() -> list[float] | None:
 def server_manifest(config: Config, profile: Profile, *, argv: list[str], env: dict[str, str] | None,
                     props: dict[str, Any] | None, backend: str) -> dict[str, Any]:
     """The manifest part that describes the model, the engine and the machine."""
-    from ..engine import EngineNotFound, locate_engine
+    from mcp_server.engine.binary import EngineNotFound, locate_engine
 
     engine: dict[str, Any] = {}
     if backend == "native":

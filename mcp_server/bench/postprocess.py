@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import BenchError
+from mcp_server.bench import BenchError
 
 _REASONING_TAGS = ((r"<think>", r"</think>"), (r"\[THINK\]", r"\[/THINK\]"))
 _HARMONY_FINAL = "<|channel|>final<|message|>"

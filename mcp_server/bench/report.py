@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..errors import ConfigError
-from ..profiles import BENCH_PREFIX, Config
-from . import BenchError, list_runs, read_json, results_root
-from .clientconf import client_settings
-from .evalplus_run import EVAL_RESULTS, scores_from_eval_results
+from mcp_server.errors import ConfigError
+from mcp_server.profiles.config import BENCH_PREFIX, Config
+from mcp_server.bench import BenchError, list_runs, read_json, results_root
+from mcp_server.bench.clientconf import client_settings
+from mcp_server.bench.evalplus_run import EVAL_RESULTS, scores_from_eval_results
 
 REFERENCE_ENV = "LLAMA_PILOT_REFERENCE_SCORES"
 CHART_NAME = "humaneval-plus.png"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from . import list_runs
+from mcp_server.bench import list_runs
 
 
 class RunSummary(BaseModel):

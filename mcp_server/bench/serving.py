@@ -8,10 +8,10 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from ..instances import InstanceRecord, InstanceStatus
-from ..profiles import Config
-from ..runtime import Runtime
-from . import BenchError
+from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
+from mcp_server.profiles.config import Config
+from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.bench import BenchError
 
 Say = Callable[[str], None]
 

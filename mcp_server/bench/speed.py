@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
-from ..profiles import Config, EditResult, load_config, set_values
-from . import BenchCancelled, BenchError, Progress, new_run_dir, now_iso, results_root, write_json
-from .manifest import server_manifest
-from .serving import Serving
+from mcp_server.profiles.config import Config, load_config
+from mcp_server.profiles import edits
+from mcp_server.bench import BenchCancelled, BenchError, Progress, new_run_dir, now_iso, results_root, write_json
+from mcp_server.bench.manifest import server_manifest
+from mcp_server.bench.serving import Serving
 
 DEFAULT_PROMPT_TOKENS = (512, 4096)
 DEFAULT_GEN_TOKENS = (128,)
@@ -104,7 +105,7 @@ class SpeedRun(BaseModel):
                                                       "longest generation)")
     prompt_tps: float | None = Field(description="median prompt processing t/s at the longest prompt")
     speed_label: str | None
-    profile_update: EditResult | None = None
+    profile_update: edits.EditResult | None = None
 
 
 def speed_label(tps: float) -> str:
@@ -301,7 +302,7 @@ def run_speed(config: Config, profile_id: str, *, prompt_tokens: tuple[int, ...]
     if update_profile:
         if label is None:
             raise BenchError("no generation speed was measured, so SPEED was not changed")
-        run.profile_update = set_values(load_config(config.path), profile_id, {"SPEED": label})
+        run.profile_update = edits.update_profile(load_config(config.path), profile_id, set={"SPEED": label})
     write_json(run_dir / "speed.json", run.model_dump(mode="json"))
     manifest.update(status="done", ended_at=run.ended_at,
                     summary={"generation_tps": gen_tps, "prompt_tps": prompt_tps, "speed_label": label,

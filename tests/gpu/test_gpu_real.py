@@ -103,7 +103,7 @@ def bus_key(bus: str) -> str:
 def synthetic_project(folder: Path) -> Path:
     """Where no demo model exists (it is too big to carry to a GPU machine without network): a
     random-weight llama model (~130 MB at f16) as the profile, so the run needs no download."""
-    from mcp_server.synth import DenseShape, write_dense
+    from mcp_server.model_files.synthetic import DenseShape, write_dense
 
     write_dense(folder / "models" / "synth" / "gpu-check.gguf",
                 DenseShape(n_layer=4, n_embd=1024, n_head=16, n_head_kv=8, n_ff=4096, n_ctx_train=8192),
@@ -117,7 +117,8 @@ def synthetic_project(folder: Path) -> Path:
 @pytest.fixture
 def gpu_config(tmp_path, request) -> Path:
     """A private copy of the config (absolute MODELS_DIR) whose profile is forced onto the GPU."""
-    from mcp_server.profiles import load_config, set_values
+    from mcp_server.profiles.config import load_config
+    from mcp_server.profiles.edits import update_profile
 
     from ..conftest import REAL_DEMO_MODEL
 
@@ -129,17 +130,17 @@ def gpu_config(tmp_path, request) -> Path:
         source = load_config(synthetic_project(tmp_path / "synth-project"))
     copy = tmp_path / "gpu-models.conf"
     copy.write_text(Path(source.path).read_text())
-    set_values(load_config(copy), "global", {"MODELS_DIR": source.host.models_dir})
+    update_profile(load_config(copy), "global", set={"MODELS_DIR": source.host.models_dir})
     if N_GPU_LAYERS.lower() != "fit":
-        set_values(load_config(copy), PROFILE, {"N_GPU_LAYERS": N_GPU_LAYERS})
+        update_profile(load_config(copy), PROFILE, set={"N_GPU_LAYERS": N_GPU_LAYERS})
     return copy
 
 
 def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
-    from mcp_server.gpu import cuda_driver_order, heuristic_fastest_first, read_gpus
-    from mcp_server.profiles import load_config
-    from mcp_server.runtime import Runtime
-    from mcp_server.sampler import Sampler
+    from mcp_server.monitoring.gpu import cuda_driver_order, heuristic_fastest_first, read_gpus
+    from mcp_server.profiles.config import load_config
+    from mcp_server.runtime.lifecycle import Runtime
+    from mcp_server.monitoring.sampler import Sampler
 
     assert shutil.which("nvidia-smi"), "nvidia-smi is needed for the comparison"
     runtime = Runtime(load_config(gpu_config))
@@ -212,7 +213,7 @@ def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
             f" (estimate {estimate}, reported {[g.nvml_index for g in driver]})"
 
         # -- 30 s of sampling -----------------------------------------------------------------
-        load_script = ("import sys,time\nfrom mcp_server.health import chat\nend=time.time()+float(sys.argv[2])\n"
+        load_script = ("import sys,time\nfrom mcp_server.runtime.server_api import chat\nend=time.time()+float(sys.argv[2])\n"
                        "while time.time()<end:\n chat(sys.argv[1],'Count from 1 to 50.',max_tokens=96,temperature=0)")
         sampler = Sampler(interval_s=1.0)
         sampler.sample_once()

@@ -1,0 +1,338 @@
+"""What a GGUF model is made of: metadata, attention layout and the full tensor table, from headers only.
+
+Reads every shard of a split model. Only the header of each file is read (metadata and tensor
+infos, a few MB even for a 150k-token tokenizer), never tensor data, so a 60 GB model inspects
+in a fraction of a second; the header is read in large blocks and skipped arrays are walked in
+memory rather than with one system call per string.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mcp_server.model_files.reader import GGUF_MAGIC, GGUFFormatError, SHARD_RE, shard_paths
+
+# ggml type id -> (name, elements per block, bytes per block), as in this llama.cpp build's ggml.c.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
+}
+
+_SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+               12: "<d"}
+_STRING, _ARRAY = 8, 9
+_CHUNK = 8 << 20
+
+
+class _Header:
+    """A file's header read in large blocks; positions are offsets from the start of the file."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.buf = f.read(_CHUNK)
+        self.pos = 0
+
+    def _need(self, n: int) -> None:
+        while self.pos + n > len(self.buf):
+            more = self.f.read(max(_CHUNK, n))
+            if not more:
+                raise GGUFFormatError("file ends inside the GGUF header")
+            self.buf += more
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        self._need(size)
+        values = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return values
+
+    def string(self) -> str:
+        (n,) = self.unpack("<Q")
+        self._need(n)
+        text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def skip_strings(self, count: int) -> None:
+        for _ in range(count):
+            self._need(8)
+            (n,) = struct.unpack_from("<Q", self.buf, self.pos)
+            self.pos += 8 + n
+        self._need(0)
+
+    def value(self, vtype: int, keep: bool) -> Any:
+        if vtype in _SCALAR_FMT:
+            return self.unpack(_SCALAR_FMT[vtype])[0]
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise GGUFFormatError(f"unknown GGUF value type {vtype}")
+        itype, count = self.unpack("<IQ")
+        if itype in _SCALAR_FMT:
+            fmt = _SCALAR_FMT[itype]
+            size = struct.calcsize(fmt) * count
+            self._need(size)
+            values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, self.pos)) if keep else count
+            self.pos += size
+            return values
+        if itype == _STRING:
+            if keep:
+                return [self.string() for _ in range(count)]
+            self.skip_strings(count)
+            return count
+        raise GGUFFormatError(f"unsupported array element type {itype}")
+
+
+def _keep(key: str) -> bool:
+    # Per-layer arrays matter; tokenizer arrays only for their length.
+    return not key.startswith("tokenizer.")
+
+
+class TensorInfo(BaseModel):
+    name: str
+    type: str
+    shape: list[int] = Field(description="ggml order: ne0 (row length) first")
+    bytes: int
+    shard: int = Field(description="0-based index of the file holding it")
+    offset: int = Field(description="absolute offset of its data in that file")
+    kind: str
+    layer: int | None
+
+
+class ShardInfo(BaseModel):
+    path: str
+    size_bytes: int
+    tensor_count: int
+    data_offset: int
+
+
+class GGUFInspection(BaseModel):
+    path: str
+    shards: list[ShardInfo]
+    architecture: str
+    name: str | None
+    file_type: int | None
+    n_layer: int
+    n_ctx_train: int | None
+    n_embd: int | None
+    n_vocab: int | None
+    n_head: list[int] = Field(description="query heads per layer")
+    n_head_kv: list[int] = Field(description="KV heads per layer (0 = no attention in that layer)")
+    key_length: int | None
+    value_length: int | None
+    key_length_swa: int | None = None
+    value_length_swa: int | None = None
+    sliding_window: int | None = None
+    swa_layers: list[int] = Field(default_factory=list, description="layers using sliding-window attention")
+    is_mla: bool = False
+    kv_lora_rank: int | None = None
+    recurrent_layers: list[int] = Field(default_factory=list)
+    expert_count: int = 0
+    expert_used_count: int = 0
+    expert_shared_count: int = 0
+    tied_embeddings: bool
+    metadata: dict[str, Any] = Field(description="every key; tokenizer arrays as their length")
+    tensors: list[TensorInfo]
+    bytes_by_kind: dict[str, int]
+    total_bytes: int
+    parameters: int
+
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+def tensor_kind(name: str) -> str:
+    """attention | ffn_dense | experts | shared_experts | router | recurrent | norm | embeddings | output | other."""
+    if name.startswith(("token_embd", "per_layer_token_embd", "pos_embd", "token_types")):
+        return "embeddings"
+    if name.startswith(("output.", "output_norm", "cls")):
+        return "output"
+    part = _LAYER_RE.sub("", name)
+    if "_exps" in part or "_chexps" in part:
+        return "experts"
+    if "_shexp" in part:
+        return "shared_experts"
+    if part.startswith("ffn_gate_inp") or "exp_probs" in part:
+        return "router"
+    if part.startswith(("ssm_", "time_mix", "channel_mix", "shortconv", "conv")):
+        return "recurrent"
+    if part.startswith(("attn_norm", "ffn_norm", "post_", "layer_output_norm")) or part.endswith("_norm.weight"):
+        return "norm"
+    if part.startswith(("attn", "wq", "wk", "wv", "wo")) or "attn_" in part:
+        return "attention"
+    if part.startswith("ffn_"):
+        return "ffn_dense"
+    return "other"
+
+
+def tensor_bytes(type_id: int, shape: list[int]) -> int:
+    if type_id not in GGML_TYPES:
+        raise GGUFFormatError(f"tensor type {type_id} is unknown to this reader")
+    name, block, size = GGML_TYPES[type_id]
+    if shape[0] % block:
+        raise GGUFFormatError(f"a {name} row of {shape[0]} elements is not a whole number of {block}-element blocks")
+    n = shape[0] // block * size
+    for dim in shape[1:]:
+        n *= dim
+    return n
+
+
+def _read_file(path: Path, shard: int) -> tuple[dict[str, Any], list[TensorInfo], ShardInfo]:
+    with open(path, "rb") as f:
+        h = _Header(f)
+        if h.unpack("<4s")[0] != GGUF_MAGIC:
+            raise GGUFFormatError(f"{path}: not a GGUF file (bad magic)")
+        (version,) = h.unpack("<I")
+        if version < 2:
+            raise GGUFFormatError(f"{path}: GGUF version {version} is too old")
+        n_tensors, n_kv = h.unpack("<QQ")
+        meta: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = h.string()
+            (vtype,) = h.unpack("<I")
+            meta[key] = h.value(vtype, _keep(key))
+        raw = []
+        for _ in range(n_tensors):
+            name = h.string()
+            (n_dims,) = h.unpack("<I")
+            shape = list(h.unpack(f"<{n_dims}Q"))
+            type_id, offset = h.unpack("<IQ")
+            raw.append((name, shape, type_id, offset))
+        align = int(meta.get("general.alignment", 32))
+        data_offset = -(-h.pos // align) * align
+    tensors = [TensorInfo(name=name, type=GGML_TYPES.get(t, (f"type{t}", 0, 0))[0], shape=shape,
+                          bytes=tensor_bytes(t, shape), shard=shard, offset=data_offset + off,
+                          kind=tensor_kind(name), layer=int(m.group(1)) if (m := _LAYER_RE.match(name)) else None)
+               for name, shape, t, off in raw]
+    info = ShardInfo(path=str(path), size_bytes=path.stat().st_size, tensor_count=n_tensors, data_offset=data_offset)
+    return meta, tensors, info
+
+
+def _per_layer(value: Any, n_layer: int, default: int = 0) -> list[int]:
+    if isinstance(value, list):
+        return [int(v) for v in value][:n_layer] + [0] * max(0, n_layer - len(value))
+    return [int(value if value is not None else default)] * n_layer
+
+
+def inspect_gguf(path: str | Path) -> GGUFInspection:
+    """Inspect a GGUF (for a split model, pass any shard: all of them are read)."""
+    path = Path(path)
+    m = SHARD_RE.match(path.name)
+    first = path.with_name(f"{m.group('stem')}-00001-of-{m.group('count')}.gguf") if m else path
+    files = shard_paths(first)
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise GGUFFormatError(f"missing shards of {first.name}: {', '.join(missing)}")
+    meta: dict[str, Any] = {}
+    tensors: list[TensorInfo] = []
+    shards = []
+    for i, file in enumerate(files):
+        file_meta, file_tensors, info = _read_file(file, i)
+        if i == 0:
+            meta = file_meta  # only the first split carries the model's metadata
+        tensors += file_tensors
+        shards.append(info)
+    return _describe(first, meta, tensors, shards)
+
+
+def _describe(path: Path, meta: dict[str, Any], tensors: list[TensorInfo], shards: list[ShardInfo]) -> GGUFInspection:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFFormatError(f"{path}: no general.architecture")
+
+    def get(key: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{key}", default)
+
+    n_layer = int(get("block_count", 0))
+    n_embd = get("embedding_length")
+    heads = _per_layer(get("attention.head_count", 0), n_layer)
+    heads_kv = _per_layer(get("attention.head_count_kv", get("attention.head_count", 0)), n_layer)
+    head_dim = (n_embd // heads[0]) if n_embd and heads and heads[0] else None
+    key_len = get("attention.key_length", head_dim)
+    value_len = get("attention.value_length", head_dim)
+    window = get("attention.sliding_window")
+    pattern = get("attention.sliding_window_pattern")
+    swa_layers = _swa_layers(arch, n_layer, window, pattern)
+    recurrent = _recurrent_layers(arch, n_layer, meta, heads_kv)
+    if arch in _OUTPUT_NORM_AS_EMBD_NORM:
+        # LFM2 stores its final norm under the input-norm name; llama.cpp loads it as part of the
+        # output layer, so it follows the output layer's device, not the input's.
+        tensors = [t.model_copy(update={"kind": "output"}) if t.name == "token_embd_norm.weight" else t
+                   for t in tensors]
+    n_vocab = get("vocab_size")
+    if n_vocab is None and isinstance(meta.get("tokenizer.ggml.tokens"), int):
+        n_vocab = meta["tokenizer.ggml.tokens"]
+    by_kind: dict[str, int] = {}
+    params = 0
+    for t in tensors:
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.bytes
+        count = 1
+        for dim in t.shape:
+            count *= dim
+        params += count
+    return GGUFInspection(
+        path=str(path), shards=shards, architecture=arch,
+        name=meta.get("general.name") if isinstance(meta.get("general.name"), str) else None,
+        file_type=meta.get("general.file_type"), n_layer=n_layer, n_ctx_train=get("context_length"),
+        n_embd=n_embd, n_vocab=n_vocab, n_head=heads, n_head_kv=heads_kv, key_length=key_len, value_length=value_len,
+        key_length_swa=get("attention.key_length_swa"), value_length_swa=get("attention.value_length_swa"),
+        sliding_window=window, swa_layers=swa_layers,
+        is_mla=get("attention.key_length_mla") is not None and get("attention.value_length_mla") is not None,
+        kv_lora_rank=get("attention.kv_lora_rank"), recurrent_layers=recurrent,
+        expert_count=int(get("expert_count", 0) or 0), expert_used_count=int(get("expert_used_count", 0) or 0),
+        expert_shared_count=int(get("expert_shared_count", 0) or 0) or _implicit_shared_experts(tensors),
+        tied_embeddings=not any(t.name == "output.weight" for t in tensors),
+        metadata=meta, tensors=tensors, bytes_by_kind=by_kind, total_bytes=sum(t.bytes for t in tensors),
+        parameters=params)
+
+
+_OUTPUT_NORM_AS_EMBD_NORM = {"lfm2", "lfm2moe"}
+
+
+def _implicit_shared_experts(tensors: list[TensorInfo]) -> int:
+    """Architectures with one shared expert (qwen2moe, llama4, granite MoE shared) write no
+    expert_shared_count; their shared-expert tensors say it."""
+    return 1 if any(re.search(r"\.ffn_(up|gate|down)_shexp\.", t.name) for t in tensors) else 0
+
+
+# Architectures whose default SWA pattern applies when the GGUF has no explicit one
+# (llama.cpp set_swa_pattern(N): layer il is SWA unless il % N == N - 1).
+_SWA_DEFAULT_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gpt-oss": 2, "openai-moe": 2, "llama4": 4,
+                       "exaone4": 4}
+
+
+def _swa_layers(arch: str, n_layer: int, window: Any, pattern: Any) -> list[int]:
+    if not window:
+        return []
+    if isinstance(pattern, list):
+        return [i for i, flag in enumerate(pattern[:n_layer]) if flag]
+    period = int(pattern) if isinstance(pattern, int) and pattern > 0 else _SWA_DEFAULT_PERIOD.get(arch)
+    if not period:
+        return []
+    return [i for i in range(n_layer) if i % period < period - 1]
+
+
+def _recurrent_layers(arch: str, n_layer: int, meta: dict[str, Any], heads_kv: list[int]) -> list[int]:
+    flags = meta.get(f"{arch}.attention.recurrent_layers")
+    if isinstance(flags, list):
+        return [i for i, flag in enumerate(flags[:n_layer]) if flag]
+    interval = meta.get(f"{arch}.full_attention_interval")
+    if isinstance(interval, int) and interval > 0:
+        return [i for i in range(n_layer) if (i + 1) % interval != 0]
+    if any(k.startswith(f"{arch}.ssm.") or k.startswith(f"{arch}.rwkv.") or k.startswith(f"{arch}.shortconv.")
+           for k in meta):
+        if any(heads_kv):
+            return [i for i, h in enumerate(heads_kv) if h == 0]  # hybrids: layers without KV heads
+        return list(range(n_layer))
+    return []

@@ -1,0 +1,254 @@
+"""Placement front door: estimate a profile, plan a model file, write a plan into a profile.
+
+The CLI (``estimate``, ``plan``) and the MCP tools (``estimate_fit``, ``plan_placement``) call
+these functions and only format what they return. The arithmetic lives in ``estimate`` (one
+launch's memory), ``fit`` (what llama-server's default ``--fit`` changes), ``planner`` (choosing
+settings) and ``calibration`` (what earlier launches measured).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from mcp_server.placement import calibration
+from mcp_server.engine.argv import launch_spec, without_flags
+from mcp_server.errors import LlamaPilotError, ValidationError
+from mcp_server.placement.estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
+from mcp_server.placement.fit_replay import FitOutcome, emulate_fit
+from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.placement.planner import DEFAULT_RESERVE_MIB, Plan, plan_placement
+from mcp_server.profiles.config import Config
+from mcp_server.profiles.edits import EditResult, update_profile
+
+_SIZE_UNITS = (("gib", 1024.0), ("gb", 1000**3 / 2**20), ("mib", 1.0), ("mb", 1000**2 / 2**20), ("g", 1024.0))
+
+
+class GpuSlot(BaseModel):
+    device: str = Field(description="llama.cpp's name for it: CUDA0, CUDA1, ...")
+    name: str | None = None
+    total_mib: float | None = None
+    free_mib: float = Field(description="what a new llama-server may use")
+
+
+class Inventory(BaseModel):
+    source: Literal["declared", "nvml", "none"]
+    gpus: list[GpuSlot]
+    note: str | None = None
+
+    @property
+    def free(self) -> list[float]:
+        return [g.free_mib for g in self.gpus]
+
+    def overhead(self) -> tuple[float | None, str]:
+        """The calibrated per-GPU overhead for these GPUs (real ones only: a declared size has no model)."""
+        return calibration.overhead_for(self.gpus[0].name if self.gpus and self.source == "nvml" else None)
+
+
+def parse_gpu_sizes(spec: str) -> list[float]:
+    """'24GiB,16GiB' -> [24576.0, 16384.0] (MiB). GiB, GB, MiB, MB and a bare G are understood."""
+    sizes = []
+    for part in spec.split(","):
+        text = part.strip().lower()
+        for unit, factor in _SIZE_UNITS:
+            if text.endswith(unit):
+                try:
+                    value = float(text[: -len(unit)]) * factor
+                except ValueError:
+                    break
+                if value <= 0:
+                    break
+                sizes.append(value)
+                break
+        else:
+            raise ValidationError("gpus", spec, f"{part.strip()!r} is not a size like 24GiB (use e.g. 24GiB,16GiB)")
+    return sizes
+
+
+def gpu_inventory(declared: str | None = None) -> Inventory:
+    """Declared sizes when given, else the GPUs NVML sees (free memory now, in CUDA order)."""
+    if declared is not None:
+        if declared.strip().lower() in ("", "none", "cpu", "0"):
+            return Inventory(source="none", gpus=[], note="declared: no GPU")
+        sizes = parse_gpu_sizes(declared)
+        return Inventory(source="declared", gpus=[GpuSlot(device=f"CUDA{i}", total_mib=s, free_mib=s)
+                                                   for i, s in enumerate(sizes)])
+    from mcp_server.monitoring.gpu import read_gpus
+
+    report = read_gpus()
+    gpus = report.in_cuda_order()
+    slots = [GpuSlot(device=f"CUDA{i}", name=g.name, total_mib=g.memory_total_mib,
+                     free_mib=float(g.memory_free_mib or 0)) for i, g in enumerate(gpus)]
+    return Inventory(source="nvml" if slots else "none", gpus=slots, note=None if slots else report.reason)
+
+
+def visible_to(inventory: Inventory, visible: list[int] | None) -> Inventory:
+    """The GPUs a process with CUDA_VISIBLE_DEVICES=visible sees, renumbered CUDA0.. as llama.cpp does."""
+    if visible is None or not inventory.gpus:
+        return inventory
+    missing = [v for v in visible if v >= len(inventory.gpus)]
+    if missing:
+        raise ValidationError("VISIBLE_DEVICES", ",".join(map(str, visible)),
+                              f"GPU {missing[0]} is not in the inventory ({len(inventory.gpus)} GPU(s))")
+    gpus = [inventory.gpus[v].model_copy(update={"device": f"CUDA{i}"}) for i, v in enumerate(visible)]
+    note = f"VISIBLE_DEVICES={','.join(map(str, visible))}" + (f"; {inventory.note}" if inventory.note else "")
+    return Inventory(source=inventory.source, gpus=gpus, note=note)
+
+
+# --- estimate -----------------------------------------------------------------------------------
+
+
+class ProfileEstimate(BaseModel):
+    profile: str
+    model: str
+    inventory: Inventory
+    argv: list[str]
+    estimate: Estimate = Field(description="per device, for the settings llama-server ends up with")
+    fit: FitOutcome | None = Field(default=None, description="what llama-server's --fit would change (replayed)")
+    overhead_mib: float
+    overhead_source: str
+    measured: calibration.Measurement | None = Field(
+        default=None, description="the latest real launch of the same model file, build and settings")
+    oracle: dict[str, dict[str, int]] | None = Field(
+        default=None, description="llama-fit-params --fit-print: MiB per device (model, context, compute)")
+
+
+def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, oracle: bool = False,
+                     replay_fit: bool = True) -> ProfileEstimate:
+    """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs."""
+    spec = launch_spec(config.profile(profile), config)
+    info = inspect_gguf(spec.model_path)
+    inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
+    settings = settings_from_argv(spec.argv)
+    names = [g.name for g in inventory.gpus]
+    overhead, source = inventory.overhead()
+    fit_outcome = None
+    if replay_fit and settings.fit and inventory.gpus:
+        settings, fit_outcome = emulate_fit(info, settings, inventory.free, overhead_mib=overhead,
+                                            ctx_was_set=settings.n_ctx > 0)
+    result = core_estimate(info, settings, inventory.free, overhead)
+    if fit_outcome is not None:  # the replay already answered what fit does
+        result.notes = [n for n in result.notes if not n.startswith("fit is on")]
+    measured = calibration.latest(calibration.key_for(info, spec.argv, names))
+    return ProfileEstimate(profile=profile, model=spec.model_path, inventory=inventory, argv=spec.argv,
+                           estimate=result, fit=fit_outcome,
+                           overhead_mib=overhead if overhead is not None else default_overhead(info),
+                           overhead_source=source,
+                           measured=measured, oracle=fit_params_oracle(config, spec.argv) if oracle else None)
+
+
+# llama-fit-params parses its arguments as its own example: these server flags are not accepted there.
+_ORACLE_DROP = {"--host": 1, "--port": 1, "--log-verbosity": 1, "-lv": 1, "--kv-unified": 0, "-kvu": 0,
+                "--temp": 1, "--top-p": 1, "--top-k": 1, "--min-p": 1, "--no-context-shift": 0, "--jinja": 0,
+                "--alias": 1, "-a": 1, "--metrics": 0, "--api-key": 1}
+_ORACLE_LINE = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$")
+
+
+def fit_params_oracle(config: Config, argv: list[str]) -> dict[str, dict[str, int]]:
+    """Ask llama.cpp itself (``llama-fit-params --fit-print on``, a dry run that allocates nothing)."""
+    from mcp_server.engine.binary import locate_engine
+
+    tool = locate_engine(config.host.engine).tools.get("llama-fit-params")
+    if not tool:
+        raise LlamaPilotError("llama-fit-params is not next to this llama-server; `llama-pilot engine build` makes it")
+    args = [tool, *without_flags(argv, _ORACLE_DROP)]
+    try:
+        proc = subprocess.run([*args, "--fit-print", "on"], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        raise LlamaPilotError("llama-fit-params took over 300 s") from exc
+    rows = {}
+    for line in proc.stdout.splitlines():
+        m = _ORACLE_LINE.match(line.strip())
+        if m:
+            rows[m.group(1)] = {"model": int(m.group(2)), "context": int(m.group(3)), "compute": int(m.group(4))}
+    if proc.returncode != 0 or not rows:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise LlamaPilotError(f"llama-fit-params failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return rows
+
+
+def calibrate(config: Config, profile: str, note: str | None = None) -> calibration.Measurement:
+    """Measure the profile's running instance (log + NVML), compare with the estimate, and store it."""
+    import datetime as dt
+
+    from mcp_server.monitoring.gpu import read_gpus
+    from mcp_server.runtime.lifecycle import NotRunning, Runtime
+
+    runtime = Runtime(config)
+    view = next((v for v in runtime.status() if v.profile == profile and v.status == "ready"), None)
+    if view is None:
+        raise NotRunning(f"{profile} is not running and ready: start it, then calibrate")
+    record = next(r for r in runtime.registry.all() if r.id == view.id)
+    report = runtime.load_report(profile)
+    gpus = read_gpus()
+    ordered = gpus.in_cuda_order()
+    nvml = {f"CUDA{i}": float(p.used_mib) for i, g in enumerate(ordered) for p in g.processes
+            if p.pid == view.pid and p.used_mib is not None}
+    info = inspect_gguf(record.model_path)
+    names = [g.name for g in ordered]
+    overhead, _ = calibration.overhead_for(names[0] if names else None)
+    settings = settings_from_argv(record.argv)
+    capacity = [float(g.memory_total_mib or 0) for g in ordered]
+    predicted = core_estimate(info, settings, capacity, overhead)
+    logged = {b.device: b.total_mib for b in report.devices}
+    logged_compute = {b.device: b.compute_mib + b.output_mib for b in report.devices}
+    measurement = calibration.compare(
+        calibration.key_for(info, record.argv, names), predicted, logged, logged_compute, nvml,
+        build=report.build_number, profile=profile, at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        note=note or ("fit was on and placed layers itself: predicted placement may differ" if settings.fit and
+                      settings.n_gpu_layers < 0 and not settings.tensor_split and not settings.overrides and ordered
+                      else None))
+    calibration.save(measurement)
+    return measurement
+
+
+# --- plan ----------------------------------------------------------------------------------------
+
+
+class PlanResult(BaseModel):
+    plan: Plan
+    inventory: Inventory
+    edit: EditResult | None = Field(default=None, description="the profile edit, when asked to write it")
+
+
+def plan(model_path: str | Path, ctx: int = 0, gpus: str | None = None, *, kv_type: str = "f16", slots: int = 1,
+         ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB, config: Config | None = None,
+         write_profile: str | None = None, dry_run: bool = False) -> PlanResult:
+    """Plan placement for a model file; with ``write_profile``, write the settings into that profile."""
+    info = inspect_gguf(model_path)
+    inventory = gpu_inventory(gpus)
+    overhead, _ = inventory.overhead()
+    host_free = _host_available_mib()
+    result = plan_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots, ubatch=ubatch,
+                            reserve_mib=reserve_mib, overhead_mib=overhead, host_free_mib=host_free)
+    edit = None
+    if write_profile is not None:
+        if config is None:
+            raise ValidationError("write", write_profile, "needs a models.conf")
+        edit = write_plan(config, write_profile, result, dry_run=dry_run)
+    return PlanResult(plan=result, inventory=inventory, edit=edit)
+
+
+def write_plan(config: Config, profile: str, result: Plan, dry_run: bool = False) -> EditResult:
+    """Set the plan's keys in ``profile`` and remove placement keys that would contradict it (one edit)."""
+    section = config.document.section(config.profile(profile).id)
+    present = {e.key for e in section.entries} if section is not None else set()
+    return update_profile(config, profile, set=result.settings, unset=[k for k in result.unset if k in present],
+                          dry_run=dry_run)
+
+
+def _host_available_mib() -> float | None:
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available / 2**20
+    except Exception:  # noqa: BLE001 - host RAM is advice only
+        return None
+
+
+__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "estimate_profile",
+           "fit_params_oracle", "gpu_inventory", "parse_gpu_sizes", "plan", "write_plan"]

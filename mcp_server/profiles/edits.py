@@ -1,0 +1,169 @@
+"""Edits to models.conf: create, update and retire profiles, under the file's edit lock.
+
+Every edit re-reads the file under :func:`~mcp_server.profiles.conffile.edit_lock`, checks each value
+(and, for agents, the stricter rules of :func:`~mcp_server.profiles.config.check_agent_edit`), applies
+the change to a copy of the document, re-validates the whole file and only then writes it. A dry
+run computes the same diff and leaves both the file and the caller's ``Config`` untouched.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from pydantic import BaseModel
+
+from mcp_server import paths
+from mcp_server.errors import ValidationError
+from mcp_server.profiles.conffile import KEY_RE, ConfDocument, edit_lock, fingerprint_of, unified_diff
+from mcp_server.profiles.config import (GLOBAL_SECTION, KEYS, Config, check_agent_edit, check_not_a_flag,
+                                        check_profile_id, config_from_document, load_config, validate_value)
+
+
+class EditResult(BaseModel):
+    """What an edit changed (or would change, with dry_run)."""
+
+    path: str
+    profile: str
+    diff: str
+    changed: bool
+    dry_run: bool
+    backup: str | None = None
+
+
+def _check_key(key: str) -> None:
+    if not KEY_RE.match(key):
+        raise ValidationError(key, "", "keys are letters, digits and _ and start with a letter or _")
+
+
+@contextmanager
+def _editing(config: Config) -> Iterator[Config]:
+    """Hold the file's edit lock and yield the config as it is on disk now.
+
+    Every edit reads, checks, changes and saves inside this block. A writer that waited for the
+    lock sees the file its predecessor wrote and applies its own edit on top of it, so parallel
+    edits all land (or fail with a reason), and none reports "saved" for a write that was lost.
+    """
+    with edit_lock(config.path):
+        current = config
+        if config.document.fingerprint is not None and fingerprint_of(config.path) != config.document.fingerprint:
+            current = load_config(config.path)
+        yield current
+
+
+def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditResult:
+    """Run ``mutate`` on a copy of the loaded document, re-validate the whole file, then save.
+
+    The copy keeps the caller's ``Config`` exactly as loaded: a dry run changes nothing anywhere,
+    and a real edit leaves the old ``Config`` stale, which the next :func:`_editing` notices (the
+    fingerprint on disk moved) and reloads."""
+    document = config.document.copy()
+    before = document.render()
+    mutate(document)
+    after = document.render()
+    # Re-validate what we would write: an edit can never leave a file the next load rejects. The
+    # document re-classified its lines after the edit, exactly as a parse of ``after`` would.
+    config_from_document(document, config.path)
+    diff = unified_diff(before, after, config.path.name)
+    backup = None
+    if after != before and not dry_run:
+        saved = document.save(backup_dir=paths.backups_dir())
+        backup = str(saved) if saved else None
+    return EditResult(path=str(config.path), profile=profile_id, diff=diff, changed=after != before,
+                      dry_run=dry_run, backup=backup)
+
+
+def update_profile(config: Config, profile_id: str, set: dict[str, str] | None = None,
+                   unset: list[str] | None = None, dry_run: bool = False, agent: bool = False) -> EditResult:
+    """Set some keys and remove others in one edit (one diff, one write): what ``update_model`` does."""
+    updates, removals = dict(set or {}), list(unset or [])
+    if not updates and not removals:
+        raise ValidationError("set/unset", "", "nothing to change: give keys to set or to unset")
+    if both := sorted(updates.keys() & removals):
+        raise ValidationError(both[0], "", "is both set and unset; pick one")
+    with _editing(config) as current:
+        return _update(current, profile_id, updates, removals, dry_run, agent)
+
+
+def _update(config: Config, profile_id: str, updates: dict[str, str], removals: list[str], dry_run: bool,
+            agent: bool) -> EditResult:
+    section_id = _editable_section(config, profile_id)
+    where = f"[{section_id}]"
+    for key, value in updates.items():
+        _check_key(key)
+        validate_value(key, value, where)
+        check_not_a_flag(key, value, where)
+        if agent:
+            check_agent_edit(config, key, value, where)
+    section = config.document.section(section_id)
+    missing = [k for k in removals if section is None or section.get(k) is None]
+    if missing:
+        raise ValidationError(missing[0], "", f"not set in {where}; set keys: "
+                              f"{', '.join(e.key for e in section.entries) if section else 'none'}")
+    if "MODEL" in removals and section_id != GLOBAL_SECTION:
+        raise ValidationError("MODEL", "", "is required; retire the profile instead of removing its model")
+    for key in removals:
+        if agent:
+            check_agent_edit(config, key, None, where)
+
+    def mutate(doc: ConfDocument) -> None:
+        if doc.section(section_id) is None:
+            doc.add_section(section_id, [])
+        for key, value in updates.items():
+            doc.set(section_id, key, value)
+        for key in removals:
+            doc.unset(section_id, key)
+
+    return _apply(config, section_id, mutate, dry_run)
+
+
+def create_profile(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None = None,
+                   dry_run: bool = False, agent: bool = False) -> EditResult:
+    """Append a new ``[profile_id]`` section at the end of the file."""
+    with _editing(config) as current:
+        return _create(current, profile_id, values, comments, dry_run, agent)
+
+
+def _create(config: Config, profile_id: str, values: dict[str, str], comments: list[str] | None, dry_run: bool,
+            agent: bool) -> EditResult:
+    check_profile_id(profile_id)
+    if profile_id in config.profiles:
+        raise ValidationError("profile", profile_id, "already exists; use set to change it")
+    if "MODEL" not in values:
+        raise ValidationError("MODEL", "", "is required for a new profile")
+    for key, value in values.items():
+        _check_key(key)
+        if KEYS.get(key) and KEYS[key].scope == "host":
+            raise ValidationError(key, value, "is a host setting; it belongs in [global]")
+        validate_value(key, value, f"[{profile_id}]")
+        check_not_a_flag(key, value, f"[{profile_id}]")
+        if agent:
+            check_agent_edit(config, key, value, f"[{profile_id}]")
+    for comment in comments or []:
+        if "\n" in comment or "\r" in comment:
+            raise ValidationError("comment", comment, "a comment must fit on one line")
+
+    def mutate(doc: ConfDocument) -> None:
+        doc.add_section(profile_id, list(values.items()), comments=list(comments or []))
+
+    return _apply(config, profile_id, mutate, dry_run)
+
+
+def retire_profile(config: Config, profile_id: str, note: str | None = None, dry_run: bool = False) -> EditResult:
+    """Comment the profile out (the original's convention) instead of deleting it."""
+    if note is not None and ("\n" in note or "\r" in note or "\0" in note):
+        raise ValidationError("note", note, "a note must fit on one line")
+
+    def mutate(doc: ConfDocument) -> None:
+        doc.retire_section(profile_id, note=note)
+
+    with _editing(config) as current:
+        current.profile(profile_id)
+        return _apply(current, profile_id, mutate, dry_run)
+
+
+def _editable_section(config: Config, profile_id: str) -> str:
+    if profile_id == GLOBAL_SECTION:
+        return GLOBAL_SECTION
+    config.profile(profile_id)
+    return profile_id
