@@ -236,9 +236,9 @@ def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) 
                                "free_mib": free, "values": values, "planned": planned is not None}
         t0 = time.monotonic()
         try:
-            view = runtime.start(cid, timeout_s=900)
+            view = runtime.start_model(cid, timeout_s=900)
         except Exception as exc:  # noqa: BLE001 - a failed launch is a result (e.g. out of memory)
-            row.update(status="failed", error=str(exc)[:500], log_tail=runtime.logs(cid, lines=40).lines)
+            row.update(status="failed", error=str(exc)[:500], log_tail=runtime.tail_logs(cid, lines=40).lines)
             view = None
         if view is not None:
             row["load_s"] = round(time.monotonic() - t0, 1)
@@ -252,10 +252,10 @@ def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) 
             time.sleep(0.5)
             row["nvml_after_prompt_mib"] = process_mib(view.pid, visible)
             row["logged"] = runtime.load_report(cid).model_dump(mode="json")
-            log = runtime.logs(cid, lines=3000).lines
+            log = runtime.tail_logs(cid, lines=3000).lines
             row["fit"] = fit_projection(log)
             row["argv"] = next(r.argv for r in runtime.registry.all() if r.id == view.id)
-            runtime.stop(view.id)
+            runtime.stop_model(view.id)
             row["status"] = "ok"
         pred = predicted.model_dump(mode="json")
         row["predicted"] = {"devices": pred["estimate"]["devices"], "host": pred["estimate"]["host"],

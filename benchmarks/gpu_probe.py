@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.placement.estimate import estimate, settings_from_argv  # noqa: E402
-from mcp_server.model_files.layout import inspect_gguf  # noqa: E402
+from mcp_server.model_files.layout import read_layout  # noqa: E402
 from mcp_server.monitoring.gpu import read_gpus  # noqa: E402
 from mcp_server.runtime.server_api import chat  # noqa: E402
 from mcp_server.profiles.config import load_config
@@ -73,13 +73,13 @@ def main() -> None:
     conf = work / "models.conf"
     conf.write_text("[global]\nMODELS_DIR=models\nFIT=off\n")
     capacity = [g.memory_total_mib for g in read_gpus().gpus]
-    info = inspect_gguf(models / "dense.gguf")
+    info = read_layout(models / "dense.gguf")
     with open(args.out, "w") as out:
         for i, values in enumerate(configs):
             pid = f"p{i}"
             create_profile(load_config(conf), pid, {"MODEL": "dense.gguf", **values})
             runtime = Runtime(load_config(conf))
-            view = runtime.start(pid, timeout_s=300)
+            view = runtime.start_model(pid, timeout_s=300)
             time.sleep(1.0)
             after_load = process_mib(view.pid)
             prompt = " ".join(["hello world"] * 100)  # about 1200 tokens: more than one ubatch
@@ -92,7 +92,7 @@ def main() -> None:
             after_prompt = process_mib(view.pid)
             report = runtime.load_report(pid)
             argv = next(r.argv for r in runtime.registry.all() if r.id == view.id)
-            runtime.stop(view.id)
+            runtime.stop_model(view.id)
             predicted = estimate(info, settings_from_argv(argv), capacity)
             row = {"config": values, "argv": argv, "nvml_after_load_mib": after_load,
                    "nvml_after_prompt_mib": after_prompt, "logged": report.model_dump(mode="json"),

@@ -2,7 +2,7 @@
 
     python benchmarks/inspect_speed.py [--runs 5] [--out docs/benchmarks/inspect.md]
 
-Times `inspect_gguf` (all three shards) against the `gguf` package's GGUFReader on the first
+Times `read_layout` (all three shards) against the `gguf` package's GGUFReader on the first
 shard alone, on the same sparse files.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.model_files.layout import inspect_gguf  # noqa: E402
+from mcp_server.model_files.layout import read_layout  # noqa: E402
 from mcp_server.model_files.synthetic import write_sparse_split  # noqa: E402
 
 Q4_K, Q6_K, F32 = 12, 14, 0
@@ -52,7 +52,7 @@ def main() -> None:
         times = []
         for _ in range(args.runs):
             t0 = time.perf_counter()
-            info = inspect_gguf(paths[0])
+            info = read_layout(paths[0])
             times.append(time.perf_counter() - t0)
         import gguf
 
@@ -68,7 +68,7 @@ def main() -> None:
         if not out.exists():
             out.write_text("# GGUF inspection time (headers only)\n\nProduced by `benchmarks/inspect_speed.py` on "
                            "sparse files: real headers, data left as a hole. Seconds, median (min-max) of "
-                           f"{args.runs} runs.\n\n| date | model | inspect_gguf, all shards | gguf.GGUFReader |\n"
+                           f"{args.runs} runs.\n\n| date | model | read_layout, all shards | gguf.GGUFReader |\n"
                            "| --- | --- | --- | --- |\n")
         with out.open("a") as f:
             f.write(line + "\n")

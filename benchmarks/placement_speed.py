@@ -71,7 +71,7 @@ def naive_settings(info: Any, free: list[float], reserve: float) -> dict[str, st
 
 def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 512,
             warm_full: bool = False) -> dict[str, Any]:
-    view = runtime.start(pid, timeout_s=900)
+    view = runtime.start_model(pid, timeout_s=900)
     row: dict[str, Any] = {"load_s": round((view.ready_at or time.time()) - view.started_at, 1)}
     try:
         short = prompt_of(view.url, 512)
@@ -99,12 +99,12 @@ def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 
             row["alive_after_full"] = any(v.status == "ready" for v in runtime.status() if v.id == view.id)
         row["logged"] = runtime.load_report(pid).total_by_device_mib
     finally:
-        runtime.stop(view.id)
+        runtime.stop_model(view.id)
     return row
 
 
 def run(args: argparse.Namespace) -> None:
-    from mcp_server.model_files.layout import inspect_gguf
+    from mcp_server.model_files.layout import read_layout
     from mcp_server.placement.operations import plan
     from mcp_server.profiles.config import load_config
     from mcp_server.profiles.edits import create_profile
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="placement-"))
     paths = write_model("moe", work / "models" / "moe80", SHAPE, sparse=True, n_shards=3)
-    info = inspect_gguf(paths[0])
+    info = read_layout(paths[0])
     conf = work / "models.conf"
     conf.write_text("[global]\nMODELS_DIR=models\n")
     declared = ",".join(f"{b}MiB" for b in BUDGET)

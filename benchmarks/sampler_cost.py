@@ -108,7 +108,7 @@ def main() -> None:
         from mcp_server.runtime.lifecycle import Runtime
 
         runtime = Runtime(load_config(args.config))
-        view = runtime.start(args.profile)
+        view = runtime.start_model(args.profile)
         print(f"started {view.profile} (pid {view.pid}) for the run", file=sys.stderr)
     rows = []
     try:
@@ -126,7 +126,7 @@ def main() -> None:
                         f"{pct:.2f}% | {per_sample:.2f} | {result['took_ms']:.1f} |")
     finally:
         if runtime is not None:
-            runtime.stop("all", grace_s=3)
+            runtime.stop_model("all", grace_s=3)
     print("\n".join(rows))
     if args.out:
         out = Path(args.out)

@@ -84,7 +84,7 @@ def main() -> None:
     config = load_config(args.config)
     profile = config.profile(args.profile)
     runtime = Runtime(config)
-    runtime.stop("all")
+    runtime.stop_model("all")
     port = 18990
     bare, managed = [], []
     for i in range(args.runs):
@@ -101,9 +101,9 @@ def main() -> None:
                                             f"http://127.0.0.1:{port}"))
             else:
                 t0 = time.perf_counter()
-                view = runtime.start(args.profile, backend=args.backend, port=port)
+                view = runtime.start_model(args.profile, backend=args.backend, port=port)
                 managed.append(time.perf_counter() - t0)
-                runtime.stop(view.id)
+                runtime.stop_model(view.id)
     med_bare, med_managed = statistics.median(bare), statistics.median(managed)
     result = {
         "profile": args.profile, "backend": args.backend, "runs": args.runs,

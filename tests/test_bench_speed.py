@@ -65,7 +65,7 @@ def test_speed_numbers_manifest_and_update_profile(demo_project: Path, demo_gguf
 
 def test_speed_skips_cases_longer_than_a_slot(demo_project: Path, engine_path: str, tmp_path: Path):
     runtime = Runtime(load_config(demo_project))
-    runtime.start("demo")  # already running: the benchmark uses it and leaves it running
+    runtime.start_model("demo")  # already running: the benchmark uses it and leaves it running
     try:
         run = run_speed(load_config(demo_project), "demo", prompt_tokens=(16, 4096), gen_tokens=(8,), reps=1,
                         concurrency=[1], results=tmp_path / "results")
@@ -73,4 +73,4 @@ def test_speed_skips_cases_longer_than_a_slot(demo_project: Path, engine_path: s
         assert run.skipped and "4096" in run.skipped[0] and "context per slot" in run.skipped[0]
         assert [v.status for v in runtime.status() if v.profile == "demo"] == ["ready"]
     finally:
-        runtime.stop("all", grace_s=3)
+        runtime.stop_model("all", grace_s=3)

@@ -49,7 +49,7 @@ def project(demo_project: Path, engine_path: str) -> Path:
     create_profile(load_config(demo_project), "broken", {"NAME": "Broken flag", "MODEL": "synth/tiny.gguf",
                                                          "EXTRA_ARGS": "--no-such-flag"})
     yield demo_project
-    Runtime(load_config(demo_project)).stop("all", grace_s=3)
+    Runtime(load_config(demo_project)).stop_model("all", grace_s=3)
 
 
 def fake_gpus():  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from mcp_server.placement.estimate import (
     layer_devices,
     settings_from_argv,
 )
-from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.model_files.layout import read_layout
 from mcp_server.profiles.config import load_config
 from mcp_server.profiles.edits import create_profile, update_profile
 from mcp_server.runtime.lifecycle import Runtime
@@ -59,7 +59,7 @@ def _moe(tmp_path):
             "qwen3moe.attention.head_count": 8, "qwen3moe.attention.head_count_kv": 2,
             "qwen3moe.expert_count": n_exp, "qwen3moe.expert_used_count": 2, "qwen3moe.context_length": 8192}
     (path,) = write_sparse_split(tmp_path / "moe", 1, tensors, meta, "qwen3moe", n_vocab=4096)
-    return inspect_gguf(path)
+    return read_layout(path)
 
 
 def test_placement_moves_experts_and_keeps_attention(tmp_path):
@@ -81,7 +81,7 @@ def test_placement_moves_experts_and_keeps_attention(tmp_path):
 
 
 def test_tied_embeddings_are_duplicated_on_the_output_gpu(demo_gguf):
-    info = inspect_gguf(demo_gguf)
+    info = read_layout(demo_gguf)
     embd = next(t for t in info.tensors if t.name == "token_embd.weight").bytes / 2**20
     e = estimate(info, settings_from_argv(["x", "-c", "4096", "-ngl", "99"]), [16384])
     assert e.host.weights_mib == pytest.approx(embd, abs=0.01)
@@ -105,14 +105,14 @@ def test_kv_cache_matches_the_real_server_to_the_byte(engine_path, demo_project,
             update_profile(load_config(demo_project), profile, set=extra)
             config = load_config(demo_project)
             runtime = Runtime(config)
-            view = runtime.start(profile)
+            view = runtime.start_model(profile)
             logged = runtime.load_report(profile)
-            runtime.stop(view.id)
+            runtime.stop_model(view.id)
             record_argv = next(r.argv for r in runtime.registry.all() if r.id == view.id)
-            info = inspect_gguf(config.model_path(config.profile(profile)))
+            info = read_layout(config.model_path(config.profile(profile)))
             predicted = estimate(info, settings_from_argv(record_argv), [])
             cpu = next(d for d in logged.devices if d.device == "CPU")
             assert predicted.host.kv_cache_mib == pytest.approx(cpu.kv_cache_mib, abs=0.006), profile
             assert predicted.n_ctx == logged.n_ctx and predicted.slots == logged.slots
     finally:
-        runtime.stop("all")
+        runtime.stop_model("all")

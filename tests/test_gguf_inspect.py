@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from mcp_server.model_files.reader import GGUFFormatError
-from mcp_server.model_files.layout import inspect_gguf, tensor_kind
+from mcp_server.model_files.layout import read_layout, tensor_kind
 from mcp_server.model_files.synthetic import DenseShape, write_dense, write_sparse_split
 
 
@@ -24,7 +24,7 @@ def moe_tensors(n_layer: int = 4, n_embd: int = 256, n_exp: int = 8, ff: int = 2
 
 
 def test_tensor_table_matches_the_gguf_package(demo_gguf):
-    ours = inspect_gguf(demo_gguf)
+    ours = read_layout(demo_gguf)
     reader = gguf.GGUFReader(str(demo_gguf))
     expected = {t.name: (t.tensor_type.name, [int(d) for d in t.shape], int(t.n_bytes), int(t.data_offset))
                 for t in reader.tensors}
@@ -32,7 +32,7 @@ def test_tensor_table_matches_the_gguf_package(demo_gguf):
 
 
 def test_gemma3_layout_from_the_demo_model(demo_gguf):
-    info = inspect_gguf(demo_gguf)
+    info = read_layout(demo_gguf)
     assert (info.architecture, info.n_layer, info.n_ctx_train, info.n_vocab) == ("gemma3", 18, 32768, 262144)
     assert info.n_head == [4] * 18 and info.n_head_kv == [1] * 18 and info.key_length == 256
     # gemma3: 5 sliding-window layers, then a global one (as llama.cpp logs: 15 SWA + 3 full)
@@ -43,7 +43,7 @@ def test_gemma3_layout_from_the_demo_model(demo_gguf):
 
 def test_dense_synthetic_and_parameter_count(tmp_path):
     shape = DenseShape(n_layer=3, n_embd=64, n_head=4, n_head_kv=2, n_ff=128)
-    info = inspect_gguf(write_dense(tmp_path / "d.gguf", shape))
+    info = read_layout(write_dense(tmp_path / "d.gguf", shape))
     assert info.n_layer == 3 and info.n_head_kv == [2, 2, 2] and not info.tied_embeddings
     assert info.key_length == 16 and info.expert_count == 0
     assert info.parameters == sum(t.bytes // 4 for t in info.tensors)  # all F32
@@ -55,7 +55,7 @@ def test_split_moe_reads_every_shard_from_any_shard(tmp_path):
             "qwen3moe.context_length": 32768}
     tensors = moe_tensors()
     paths = write_sparse_split(tmp_path / "m", 3, tensors, meta, "qwen3moe", n_vocab=1000)
-    info = inspect_gguf(paths[2])
+    info = read_layout(paths[2])
     assert info.path == str(paths[0]) and len(info.shards) == 3
     assert [t.name for t in info.tensors] == [t[0] for t in tensors]
     assert {t.shard for t in info.tensors} == {0, 1, 2}
@@ -72,7 +72,7 @@ def test_missing_shard_is_named(tmp_path):
                                n_vocab=100)
     paths[1].unlink()
     with pytest.raises(GGUFFormatError, match="m-00002-of-00003.gguf"):
-        inspect_gguf(paths[0])
+        read_layout(paths[0])
 
 
 def test_mla_recurrent_and_per_layer_heads_from_metadata(tmp_path):
@@ -82,7 +82,7 @@ def test_mla_recurrent_and_per_layer_heads_from_metadata(tmp_path):
            "deepseek2.attention.value_length_mla": 128, "deepseek2.attention.kv_lora_rank": 512}
     (path,) = write_sparse_split(tmp_path / "ds", 1, [("blk.0.attn_kv_a_mqa.weight", [128, 576], 0)], mla,
                                  "deepseek2", n_vocab=10)
-    info = inspect_gguf(path)
+    info = read_layout(path)
     assert info.is_mla and info.kv_lora_rank == 512 and info.key_length == 576
 
     hybrid = {"qwen3next.block_count": 8, "qwen3next.embedding_length": 64, "qwen3next.attention.head_count": 4,
@@ -90,14 +90,14 @@ def test_mla_recurrent_and_per_layer_heads_from_metadata(tmp_path):
               "qwen3next.ssm.conv_kernel": 4}
     (path,) = write_sparse_split(tmp_path / "qn", 1, [("blk.0.ssm_conv1d.weight", [4, 64], 0)], hybrid, "qwen3next",
                                  n_vocab=10)
-    assert inspect_gguf(path).recurrent_layers == [0, 1, 2, 4, 5, 6]
+    assert read_layout(path).recurrent_layers == [0, 1, 2, 4, 5, 6]
 
     per_layer = {"nemotron_h.block_count": 4, "nemotron_h.embedding_length": 64,
                  "nemotron_h.attention.head_count": [0, 8, 0, 8], "nemotron_h.attention.head_count_kv": [0, 2, 0, 2],
                  "nemotron_h.ssm.state_size": 16}
     (path,) = write_sparse_split(tmp_path / "nh", 1, [("blk.0.ssm_in.weight", [64, 64], 0)], per_layer,
                                  "nemotron_h", n_vocab=10)
-    info = inspect_gguf(path)
+    info = read_layout(path)
     assert info.n_head_kv == [0, 2, 0, 2] and info.recurrent_layers == [0, 2]
 
 

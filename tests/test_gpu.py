@@ -290,7 +290,7 @@ def test_cuda_index_inside_each_instance():
 def test_real_native_instance_is_named(engine_path, demo_project):
     update_profile(load_config(demo_project), "global", set={"PORT": "18390", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
-    view = runtime.start("demo")
+    view = runtime.start_model("demo")
     try:
         fake = FakeNvml()
         fake.gpus[RTX_5070_TI]["processes"] = [(view.pid, 812), (os.getpid(), 64)]
@@ -304,7 +304,7 @@ def test_real_native_instance_is_named(engine_path, demo_project):
         assert server.cuda_index == 1
         assert procs[os.getpid()].profile is None  # the test process is not part of the instance
     finally:
-        runtime.stop("all", grace_s=3)
+        runtime.stop_model("all", grace_s=3)
     fake.gpus[RTX_5070_TI]["processes"] = [(view.pid, 812)]
     assert read_gpus(fake).gpus[RTX_5070_TI].processes[0].profile is None  # stopped: owns nothing
 

@@ -12,9 +12,9 @@ from mcp_server.cli.main import cli
 from mcp_server.errors import ValidationError
 from mcp_server.placement.estimate import Settings, estimate
 from mcp_server.placement.fit_replay import emulate_fit
-from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.model_files.layout import read_layout
 from mcp_server.placement.operations import gpu_inventory, parse_gpu_sizes
-from mcp_server.placement.planner import plan_placement
+from mcp_server.placement.planner import choose_placement
 from mcp_server.profiles.config import load_config
 from mcp_server.model_files.synthetic import MoeShape, write_sparse_moe, write_sparse_split
 
@@ -43,17 +43,17 @@ def dense_8b(tmp_path):
             f"{a}.feed_forward_length": ff, f"{a}.attention.head_count": 32, f"{a}.attention.head_count_kv": 8,
             f"{a}.attention.layer_norm_rms_epsilon": 1e-5, f"{a}.rope.freq_base": 500000.0}
     (path,) = write_sparse_split(tmp_path / "dense8b", 1, tensors, meta, a, n_vocab=vocab)
-    return inspect_gguf(path)
+    return read_layout(path)
 
 
 @pytest.fixture(scope="module")
 def moe30(tmp_path_factory):
-    return inspect_gguf(write_sparse_moe(tmp_path_factory.mktemp("m30") / "moe30", MOE_30B, n_shards=3)[0])
+    return read_layout(write_sparse_moe(tmp_path_factory.mktemp("m30") / "moe30", MOE_30B, n_shards=3)[0])
 
 
 @pytest.fixture(scope="module")
 def moe80(tmp_path_factory):
-    return inspect_gguf(write_sparse_moe(tmp_path_factory.mktemp("m80") / "moe80", MOE_80B, n_shards=3)[0])
+    return read_layout(write_sparse_moe(tmp_path_factory.mktemp("m80") / "moe80", MOE_80B, n_shards=3)[0])
 
 
 def _within_budget(p, free, reserve=384.0):
@@ -65,7 +65,7 @@ def _within_budget(p, free, reserve=384.0):
     ([24 * GIB, 16 * GIB], "single-gpu"), ([24 * GIB], "single-gpu"),
     ([16 * GIB], "moe-experts-cpu"), ([8 * GIB], "moe-experts-cpu")])
 def test_moe_30b_on_declared_inventories(moe30, free, strategy):
-    p = plan_placement(moe30, gpus_free_mib=free, ctx=16384)
+    p = choose_placement(moe30, gpus_free_mib=free, ctx=16384)
     assert p.strategy == strategy
     _within_budget(p, free)
     if strategy == "single-gpu":
@@ -80,8 +80,8 @@ def test_moe_30b_on_declared_inventories(moe30, free, strategy):
 
 
 def test_moe_80b_two_gpus_beat_one_and_use_both(moe80):
-    both = plan_placement(moe80, gpus_free_mib=[24 * GIB, 16 * GIB], ctx=32768)
-    one = plan_placement(moe80, gpus_free_mib=[24 * GIB], ctx=32768)
+    both = choose_placement(moe80, gpus_free_mib=[24 * GIB, 16 * GIB], ctx=32768)
+    one = choose_placement(moe80, gpus_free_mib=[24 * GIB], ctx=32768)
     assert both.strategy == one.strategy == "moe-experts-cpu"
     _within_budget(both, [24 * GIB, 16 * GIB])
     assert both.gpu_weight_fraction > one.gpu_weight_fraction + 0.2
@@ -98,12 +98,12 @@ def test_moe_80b_two_gpus_beat_one_and_use_both(moe80):
 
 def test_dense_that_spills_warns_and_keeps_the_output_on_gpu(tmp_path):
     info = dense_8b(tmp_path)
-    assert plan_placement(info, gpus_free_mib=[24 * GIB], ctx=16384).strategy == "single-gpu"
-    spill = plan_placement(info, gpus_free_mib=[8 * GIB], ctx=16384)
+    assert choose_placement(info, gpus_free_mib=[24 * GIB], ctx=16384).strategy == "single-gpu"
+    spill = choose_placement(info, gpus_free_mib=[8 * GIB], ctx=16384)
     assert spill.strategy == "dense-spill" and spill.layers_on_cpu > 0
     assert any("slower" in w for w in spill.warnings)
     _within_budget(spill, [8 * GIB])
-    split = plan_placement(info, gpus_free_mib=[6 * GIB, 6 * GIB], ctx=8192)
+    split = choose_placement(info, gpus_free_mib=[6 * GIB, 6 * GIB], ctx=8192)
     assert split.strategy == "layer-split"
     assert [int(x) for x in split.settings["TENSOR_SPLIT"].split(",")] and sum(
         int(x) for x in split.settings["TENSOR_SPLIT"].split(",")) == 33
@@ -111,20 +111,20 @@ def test_dense_that_spills_warns_and_keeps_the_output_on_gpu(tmp_path):
 
 def test_context_is_reduced_when_nothing_else_fits(tmp_path):
     info = dense_8b(tmp_path)
-    p = plan_placement(info, gpus_free_mib=[2 * GIB], ctx=131072, min_ctx=4096)
+    p = choose_placement(info, gpus_free_mib=[2 * GIB], ctx=131072, min_ctx=4096)
     assert p.ctx < 131072 or p.strategy in ("dense-spill", "cpu-only")
     assert any("context reduced" in t for t in p.traded) or p.strategy == "dense-spill"
 
 
 def test_without_a_gpu_the_plan_is_cpu_only_at_the_requested_context(moe30):
-    p = plan_placement(moe30, gpus_free_mib=[], ctx=8192)
+    p = choose_placement(moe30, gpus_free_mib=[], ctx=8192)
     assert p.strategy == "cpu-only" and p.ctx == 8192 and p.settings["N_GPU_LAYERS"] == "0"
     assert not any("context" in t for t in p.traded)
 
 
 def test_bad_inputs_are_named(moe30):
     with pytest.raises(ValidationError, match="kv_type"):
-        plan_placement(moe30, gpus_free_mib=[8 * GIB], kv_type="q3_k")
+        choose_placement(moe30, gpus_free_mib=[8 * GIB], kv_type="q3_k")
     with pytest.raises(ValidationError, match="gpus"):
         parse_gpu_sizes("24GiB,lots")
     assert parse_gpu_sizes("24GiB, 16 gib,8000MiB") == [24576.0, 16384.0, 8000.0]
@@ -149,7 +149,7 @@ def test_fit_replay(moe80, moe30):
     real = emulate_fit(moe80, Settings(n_ctx=32768, n_parallel=1), [24575, 16383], ctx_was_set=True)[1]
     assert real.tensor_split == [13, 24] and abs(len(real.experts_on_cpu_layers) - 17) <= 1
     # The planner keeps less margin than fit's 1024 MiB, so it puts more on the GPUs.
-    planned = plan_placement(moe80, gpus_free_mib=[24 * GIB, 16 * GIB], ctx=32768)
+    planned = choose_placement(moe80, gpus_free_mib=[24 * GIB, 16 * GIB], ctx=32768)
     assert planned.gpu_weight_fraction > sum(d.weights_mib for d in out.estimate.devices) / (
         sum(d.weights_mib for d in out.estimate.devices) + out.estimate.host.weights_mib)
     # Context left unset (0 = training 262144): fit shrinks it first.
@@ -229,11 +229,11 @@ def test_calibrate_a_running_profile_and_see_it_beside_the_estimate(demo_project
     update_profile(load_config(demo_project), "global", set={"PORT": "18310"})
     config = load_config(demo_project)
     runtime = Runtime(config)
-    runtime.start("demo", timeout_s=120)
+    runtime.start_model("demo", timeout_s=120)
     try:
         m = calibrate(config, "demo")
     finally:
-        runtime.stop("all")
+        runtime.stop_model("all")
     report = runtime.load_report("demo")
     [host] = m.devices
     logged_host = sum(d.total_mib for d in report.devices if not d.device.startswith("CUDA"))

@@ -64,7 +64,7 @@ def project(demo_project: Path, backend: str) -> Path:
 def runtime(project: Path):
     rt = Runtime(load_config(project))
     yield rt
-    rt.stop("all", grace_s=3)
+    rt.stop_model("all", grace_s=3)
 
 
 def reload(rt: Runtime, project: Path) -> Runtime:
@@ -87,28 +87,28 @@ def no_llama_servers_left() -> list[int]:
 
 
 def test_start_ready_answer_stop(runtime, project):
-    view = runtime.start("demo")
+    view = runtime.start_model("demo")
     assert view.status == InstanceStatus.READY and view.load_seconds and view.load_seconds > 0
     reply = chat(view.url, "Say hi.", max_tokens=8, temperature=0)
     assert reply["choices"][0]["message"]["content"].strip()
     (listed,) = [v for v in runtime.status() if v.profile == "demo"]
     assert listed.status == "ready" and listed.uptime_s is not None and listed.pid
-    (stopped,) = runtime.stop("demo")
+    (stopped,) = runtime.stop_model("demo")
     assert stopped.status == InstanceStatus.STOPPED
     assert not listening(view.port)  # stop returns only once the port is free
 
 
 def test_second_copy_is_refused_and_state_is_shared(runtime, project):
-    runtime.start("demo")
+    runtime.start_model("demo")
     other = reload(runtime, project)
     with pytest.raises(AlreadyRunning, match="already ready"):
-        other.start("demo")
+        other.start_model("demo")
     assert [v.profile for v in other.status() if v.status == "ready"] == ["demo"]
 
 
 def test_switch_a_to_b(runtime, project):
-    runtime.start("demo")
-    result = runtime.switch("tiny")
+    runtime.start_model("demo")
+    result = runtime.switch_model("tiny")
     assert [v.profile for v in result.stopped] == ["demo"]
     assert result.started and result.started.profile == "tiny" and result.started.status == "ready"
     states = {v.profile: v.status for v in runtime.status()}
@@ -118,9 +118,9 @@ def test_switch_a_to_b(runtime, project):
 def test_switch_to_broken_profile_rolls_back(runtime, project):
     edit(project, "tiny", EXTRA_ARGS="--no-such-flag")
     runtime = reload(runtime, project)
-    runtime.start("demo")
+    runtime.start_model("demo")
     with pytest.raises(SwitchFailed) as info:
-        runtime.switch("tiny")
+        runtime.switch_model("tiny")
     result = info.value.result
     assert [v.profile for v in result.rolled_back] == ["demo"] and result.started is None
     assert "invalid-argument" in (result.error or "")
@@ -129,7 +129,7 @@ def test_switch_to_broken_profile_rolls_back(runtime, project):
 
 
 def test_killed_server_is_reported_failed_with_log_kept(runtime, project, backend):
-    view = runtime.start("demo")
+    view = runtime.start_model("demo")
     if backend == "native":
         os.kill(view.pid, signal.SIGKILL)
     else:
@@ -145,7 +145,7 @@ def test_killed_server_is_reported_failed_with_log_kept(runtime, project, backen
     assert current.status == "failed"
     assert current.exit_code in (-9, 137)
     assert current.diagnosis and current.diagnosis.cause == "killed"
-    assert "server is listening" in Path(current.log_path).read_text() or runtime.logs("demo").lines
+    assert "server is listening" in Path(current.log_path).read_text() or runtime.tail_logs("demo").lines
 
 
 @pytest.mark.parametrize("breakage, cause", [
@@ -175,7 +175,7 @@ def test_failed_starts_are_diagnosed(runtime, project, breakage, cause):
     started = time.monotonic()
     try:
         with pytest.raises(StartFailed) as info:
-            runtime.start("tiny", timeout_s=60)
+            runtime.start_model("tiny", timeout_s=60)
     finally:
         if blocker:
             blocker.close()
@@ -188,7 +188,7 @@ def test_failed_starts_are_diagnosed(runtime, project, breakage, cause):
 def test_missing_model_file_is_refused_before_launch(runtime, project):
     edit(project, "tiny", MODEL="synth/absent.gguf")
     with pytest.raises(StartRefused, match="missing") as info:
-        reload(runtime, project).start("tiny")
+        reload(runtime, project).start_model("tiny")
     assert info.value.diagnosis.cause == "model-missing"
 
 
@@ -198,29 +198,29 @@ def test_taken_profile_port_is_refused(runtime, project):
         blocker.listen()
         edit(project, "tiny", PORT=str(blocker.getsockname()[1]))
         with pytest.raises(PortInUse, match="in use") as info:
-            reload(runtime, project).start("tiny")
+            reload(runtime, project).start_model("tiny")
     assert info.value.diagnosis.cause == "port-in-use"
 
 
 def test_start_times_out_while_loading(runtime, project):
     with pytest.raises(StartFailed) as info:
-        runtime.start("demo", timeout_s=0.05)
+        runtime.start_model("demo", timeout_s=0.05)
     assert info.value.diagnosis.cause == "timeout"
     assert not any(v.status in ("loading", "ready") for v in runtime.status())
 
 
 def test_two_profiles_side_by_side(runtime, project):
-    a = runtime.start("demo")
-    b = runtime.start("tiny")
+    a = runtime.start_model("demo")
+    b = runtime.start_model("tiny")
     assert a.port != b.port
     assert {v.profile for v in runtime.status() if v.status == "ready"} == {"demo", "tiny"}
 
 
 def test_logs_kept_across_restarts_and_load_report(runtime, project):
-    runtime.start("tiny")
-    runtime.stop("tiny")
-    runtime.start("tiny")
-    tail = runtime.logs("tiny", lines=0)
+    runtime.start_model("tiny")
+    runtime.stop_model("tiny")
+    runtime.start_model("tiny")
+    tail = runtime.tail_logs("tiny", lines=0)
     assert sum("----- llama-pilot" in line for line in tail.lines) == 2
     assert not any("\x1b[" in line for line in tail.lines)
     report = runtime.load_report("tiny")
@@ -241,7 +241,7 @@ def test_concurrent_starts_from_two_processes_give_one_instance(project, backend
         for path in Registry().dir.glob("*.json"):
             json.loads(path.read_text())  # every record is whole
     finally:
-        Runtime(load_config(project)).stop("all")
+        Runtime(load_config(project)).stop_model("all")
 
 
 def test_instance_outlives_the_cli_that_started_it(project):
@@ -258,12 +258,12 @@ def test_instance_outlives_the_cli_that_started_it(project):
             time.sleep(0.1)
         assert view.status == "ready"
     finally:
-        runtime.stop("all")
+        runtime.stop_model("all")
 
 
 @pytest.mark.parametrize("backend", ["native"], indirect=True)  # containers: test_docker_backend.py
 def test_orphan_is_found_and_adopted(runtime, project, backend):
-    view = runtime.start("tiny")
+    view = runtime.start_model("tiny")
     try:
         for path in Registry().dir.glob("*.json"):
             path.unlink()  # the manager's state is lost: the process runs on, unknown to us
@@ -273,7 +273,7 @@ def test_orphan_is_found_and_adopted(runtime, project, backend):
         adopted = rt.adopt(orphan)
         assert adopted.profile == "tiny" and adopted.status == "ready" and adopted.adopted
         assert view.pid not in [o.pid for o in rt.orphans()]
-        rt.stop("tiny")
+        rt.stop_model("tiny")
         assert not psutil.pid_exists(view.pid) or psutil.Process(view.pid).status() == psutil.STATUS_ZOMBIE
     finally:
         if psutil.pid_exists(view.pid):
@@ -281,7 +281,7 @@ def test_orphan_is_found_and_adopted(runtime, project, backend):
 
 
 def test_stale_record_with_dead_pid_is_cleaned(runtime, project):
-    view = runtime.start("tiny")
+    view = runtime.start_model("tiny")
     registry = Registry()
     (record,) = [r for r in registry.all() if r.id == view.id]
     fake = record.model_copy(update={"id": "ghost-1", "profile": "ghost", "pid": 999999, "supervisor_pid": None,
@@ -294,8 +294,8 @@ def test_stale_record_with_dead_pid_is_cleaned(runtime, project):
 def test_twenty_start_stop_cycles_leave_nothing_behind(runtime, project, backend):
     before = set(no_llama_servers_left())  # other servers (not ours) may run on a shared machine
     for _ in range(20):
-        runtime.start("tiny")
-        runtime.stop("tiny")
+        runtime.start_model("tiny")
+        runtime.stop_model("tiny")
     assert set(no_llama_servers_left()) <= before
     assert [v.status for v in runtime.status()] == ["stopped"]
     if backend == "docker":

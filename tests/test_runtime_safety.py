@@ -56,7 +56,7 @@ def project(write_conf, engine_path) -> Path:
 def runtime(project: Path):
     rt = Runtime(load_config(project))
     yield rt
-    Runtime(load_config(project)).stop("all", grace_s=3)
+    Runtime(load_config(project)).stop_model("all", grace_s=3)
 
 
 def _cli(project: Path, *args: str, home: Path | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -91,7 +91,7 @@ def test_orphans_touch_only_this_homes_servers(runtime, project, engine_path, tm
                                 "--port", "18399", "-c", "256"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        mine = runtime.start("tiny")
+        mine = runtime.start_model("tiny")
         for path in Registry().dir.glob("*.json"):
             path.unlink()  # our record is lost: our server is an orphan now
 
@@ -155,7 +155,7 @@ LAUNCHER = textwrap.dedent("""
         backends.NativeBackend._wait_pid = staticmethod(lambda *a: park())
     else:
         backends.NativeBackend.launch = lambda *a, **k: park()  # the record is claimed, nothing started
-    Runtime(load_config(conf)).start("tiny")
+    Runtime(load_config(conf)).start_model("tiny")
 """)
 
 # Makes the keeper's own start slow (1 s before its first line), so the window between "the keeper
@@ -204,8 +204,8 @@ def test_start_killed_right_after_spawning_is_found_and_stoppable(runtime, proje
     assert view.status in ("loading", "ready"), view
     assert view.pid and psutil.Process(view.pid).name() == "llama-server"
     with pytest.raises(AlreadyRunning):
-        Runtime(load_config(project)).start("tiny")  # no second copy on the next port
-    stopped = Runtime(load_config(project)).stop("all")
+        Runtime(load_config(project)).start_model("tiny")  # no second copy on the next port
+    stopped = Runtime(load_config(project)).stop_model("all")
     assert [v.profile for v in stopped] == ["tiny"]
     assert _servers_with_home(paths.home()) == []
 
@@ -215,53 +215,53 @@ def test_start_killed_before_spawning_is_failed_and_leaves_no_process(runtime, p
     (view,) = [v for v in Runtime(load_config(project)).status() if v.profile == "tiny"]
     assert view.status == "failed" and view.pid is None
     assert _servers_with_home(paths.home()) == []
-    assert Runtime(load_config(project)).start("tiny").status == "ready"  # the profile is usable again
+    assert Runtime(load_config(project)).start_model("tiny").status == "ready"  # the profile is usable again
 
 
 # -- item 5: the state folder deleted, or the home moved, while a server runs ---------------------------
 
 
 def test_deleted_state_folder_server_is_recovered_by_status(runtime, project):
-    first = runtime.start("tiny")
+    first = runtime.start_model("tiny")
     shutil.rmtree(paths.home() / "state")
     fresh = Runtime(load_config(project))
     (view,) = [v for v in fresh.status() if v.profile == "tiny"]
     assert view.pid == first.pid and view.status == "ready" and view.adopted
     assert "record was lost" in (view.note or "")
     with pytest.raises(AlreadyRunning):
-        fresh.start("tiny")
-    assert [v.pid for v in Runtime(load_config(project)).stop("all")] == [first.pid]
+        fresh.start_model("tiny")
+    assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
     assert _servers_with_home(paths.home()) == []
 
 
 def test_renamed_home_keeps_its_servers(runtime, project, tmp_path, monkeypatch):
-    first = runtime.start("tiny")
+    first = runtime.start_model("tiny")
     new_home = tmp_path / "renamed-home"
     paths.home().rename(new_home)  # the records travel with the folder
     monkeypatch.setenv(paths.HOME_ENV, str(new_home))
     try:
         (view,) = [v for v in Runtime(load_config(project)).status() if v.status == "ready"]
         assert view.pid == first.pid
-        assert [v.pid for v in Runtime(load_config(project)).stop("all")] == [first.pid]
+        assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
     finally:
         _kill_tree(first.pid)
 
 
 def test_deleted_home_server_is_recovered_by_the_next_home(runtime, project, tmp_path, monkeypatch):
-    first = runtime.start("tiny")
+    first = runtime.start_model("tiny")
     old_home = paths.home()
     shutil.rmtree(old_home)
     monkeypatch.setenv(paths.HOME_ENV, str(tmp_path / "next-home"))
     try:
         (view,) = [v for v in Runtime(load_config(project)).status() if v.status == "ready"]
         assert view.pid == first.pid and "no longer exists" in (view.note or "") and str(old_home) in view.note
-        assert [v.pid for v in Runtime(load_config(project)).stop("all")] == [first.pid]
+        assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
     finally:
         _kill_tree(first.pid)
 
 
 def test_another_existing_homes_server_is_reported_not_taken(runtime, project, tmp_path, monkeypatch):
-    first = runtime.start("tiny")
+    first = runtime.start_model("tiny")
     old_home = paths.home()
     monkeypatch.setenv(paths.HOME_ENV, str(tmp_path / "second-home"))
     try:
@@ -271,10 +271,10 @@ def test_another_existing_homes_server_is_reported_not_taken(runtime, project, t
         assert other.owner == "other-home" and other.home == str(old_home) and other.profile == "tiny"
         shown = _cli(project, "status", check=True).stdout
         assert f"pid {first.pid}" in shown and str(old_home) in shown
-        assert fresh.stop("all") == [] and psutil.Process(first.pid).is_running()
+        assert fresh.stop_model("all") == [] and psutil.Process(first.pid).is_running()
     finally:
         monkeypatch.setenv(paths.HOME_ENV, str(old_home))
-        Runtime(load_config(project)).stop("all")
+        Runtime(load_config(project)).stop_model("all")
 
 
 # -- item 8: housekeeping --------------------------------------------------------------------------
@@ -282,8 +282,8 @@ def test_another_existing_homes_server_is_reported_not_taken(runtime, project, t
 
 def test_run_files_are_pruned_over_cycles(runtime):
     for _ in range(6):
-        runtime.start("tiny")
-        runtime.stop("tiny")
+        runtime.start_model("tiny")
+        runtime.stop_model("tiny")
     runtime.status()
     leftover = sorted(p.name for p in Registry().run_dir.iterdir())
     (record,) = Registry().all()
@@ -311,7 +311,7 @@ def test_unreaped_server_is_described_as_ended_not_as_reused(tmp_path):
 
 def test_status_and_stop_work_when_a_profile_was_created_after_start(runtime, project):
     # A guard for the reconcile step: a record for a profile the config no longer (or not yet) has.
-    runtime.start("tiny")
+    runtime.start_model("tiny")
     create_profile(load_config(project), "other", {"MODEL": "synth/tiny.gguf"})
     update_profile(load_config(project), "tiny", set={"CTX_SIZE": "256"})
     assert {v.profile for v in Runtime(load_config(project)).status()} == {"tiny"}
@@ -319,7 +319,7 @@ def test_status_and_stop_work_when_a_profile_was_created_after_start(runtime, pr
 
 def test_a_segfaulting_server_is_reported_crashed(runtime):
     # The signal a crash raises; the diagnosis must not blame "something outside llama-pilot".
-    view = runtime.start("tiny")
+    view = runtime.start_model("tiny")
     os.kill(view.pid, signal.SIGSEGV)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

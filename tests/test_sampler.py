@@ -137,7 +137,7 @@ def test_bad_arguments():
 def test_sampler_follows_a_real_instance(engine_path, demo_project):
     update_profile(load_config(demo_project), "global", set={"PORT": "18398", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
-    view = runtime.start("demo")
+    view = runtime.start_model("demo")
     try:
         fake = FakeNvml()
         fake.gpus[0]["processes"] = [(view.pid, 300)]
@@ -150,4 +150,4 @@ def test_sampler_follows_a_real_instance(engine_path, demo_project):
         assert sampler.history("instance.demo.rss_mib")[-1] > 50
         assert sampler.history("instance.demo.gpu_mem_mib")[-1] == 300.0
     finally:
-        runtime.stop("all", grace_s=3)
+        runtime.stop_model("all", grace_s=3)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mcp_server.placement.estimate import estimate, settings_from_argv
-from mcp_server.model_files.layout import inspect_gguf
+from mcp_server.model_files.layout import read_layout
 from mcp_server.runtime.server_log import parse_load_report
 from mcp_server.model_files.synthetic import (
     FAMILIES,
@@ -101,7 +101,7 @@ def _model(family: str, folder: Path, overrides: dict | None = None) -> Path:
 ])
 def test_inspection_reports_each_familys_layout(tmp_path, family, expected):
     path = _model(family, tmp_path)
-    info = inspect_gguf(path)
+    info = read_layout(path)
     assert {key: getattr(info, key) for key in expected} == expected
     arch, tensors, _ = family_model(family, SHAPES[family])
     assert [t.name for t in info.tensors] == [name for name, _, _ in tensors]
@@ -112,15 +112,15 @@ def test_inspection_reports_each_familys_layout(tmp_path, family, expected):
 
 
 def test_swa_pattern_from_metadata(tmp_path):
-    every_other = inspect_gguf(_model("swa", tmp_path, {"swa_pattern": 2}))
+    every_other = read_layout(_model("swa", tmp_path, {"swa_pattern": 2}))
     assert every_other.swa_layers == [0, 2, 4]
     (tmp_path / "b").mkdir()
-    flags = inspect_gguf(_model("swa", tmp_path / "b", {"swa_pattern": [True, False, True, True, False, True]}))
+    flags = read_layout(_model("swa", tmp_path / "b", {"swa_pattern": [True, False, True, True, False, True]}))
     assert flags.swa_layers == [0, 2, 3, 5]
 
 
 def test_lfm2_final_norm_belongs_to_the_output_layer(tmp_path):
-    info = inspect_gguf(_model("hybrid-shortconv", tmp_path))
+    info = read_layout(_model("hybrid-shortconv", tmp_path))
     norm = next(t for t in info.tensors if t.name == "token_embd_norm.weight")
     assert norm.kind == "output"
     gpu = estimate(info, settings_from_argv(["x", "-c", "1024", "-ngl", "99"]), [8192])
@@ -149,7 +149,7 @@ def _tensor_data(info, name: str) -> bytes:
 def test_sparse_moe_has_random_routers_and_embeddings_and_holes_elsewhere(tmp_path):
     shape = MoeShape(n_layer=2, n_embd=256, n_expert=8, n_ff_expert=256, n_vocab=1024)
     paths = write_sparse_moe(tmp_path / "moe", shape, n_shards=2)
-    info = inspect_gguf(paths[0])
+    info = read_layout(paths[0])
     for t in info.tensors:
         data = _tensor_data(info, t.name)
         assert len(data) == t.bytes
@@ -160,7 +160,7 @@ def test_sparse_moe_has_random_routers_and_embeddings_and_holes_elsewhere(tmp_pa
     on_disk = sum(Path(p).stat().st_blocks * 512 for p in paths)
     assert on_disk < info.total_bytes - experts // 2  # the experts are holes
     nothing = write_sparse_moe(tmp_path / "zeros", shape, fill=lambda _: False)
-    assert not any(_tensor_data(inspect_gguf(nothing[0]), "blk.0.ffn_gate_inp.weight"))
+    assert not any(_tensor_data(read_layout(nothing[0]), "blk.0.ffn_gate_inp.weight"))
 
 
 def test_sparse_30b_a3b_shaped_moe_in_three_shards_estimates_from_headers(tmp_path):
@@ -169,7 +169,7 @@ def test_sparse_30b_a3b_shaped_moe_in_three_shards_estimates_from_headers(tmp_pa
     started = time.monotonic()
     paths = write_model("moe", tmp_path / "q3-30b-a3b", shape, sparse=True, n_shards=3, fill=lambda _: False)
     assert [p.name for p in paths] == [f"q3-30b-a3b-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
-    info = inspect_gguf(paths[1])
+    info = read_layout(paths[1])
     assert len(info.shards) == 3 and info.n_layer == 48 and info.expert_count == 128
     assert 16e9 < info.total_bytes < 18e9  # the size of a Q4_K-experts 30B-A3B
     assert sum(p.stat().st_blocks * 512 for p in paths) < 64 * MIB  # headers only
@@ -241,7 +241,7 @@ def test_family_memory_matches_the_real_server(engine_path, tmp_path, family, ov
     assert completion["tokens_predicted"] == 4 and completion["content"]
 
     report = parse_load_report(log)
-    info = inspect_gguf(model)
+    info = read_layout(model)
     predicted = estimate(info, settings_from_argv(argv), [])
     cpu = [d for d in report.devices if d.device.startswith("CPU")]
     assert {d.device for d in cpu} <= {"CPU", "CPU_Mapped"}  # float weights: no repacked copies
@@ -279,7 +279,7 @@ def test_sparse_moe_with_random_routers_loads_and_generates(engine_path, tmp_pat
     assert completion["tokens_predicted"] == 4
     report = parse_load_report(log)
     mapped = sum(d.weights_mib for d in report.devices if d.device == "CPU_Mapped")
-    assert estimate(inspect_gguf(model), settings_from_argv(argv), []).host.weights_mib == pytest.approx(
+    assert estimate(read_layout(model), settings_from_argv(argv), []).host.weights_mib == pytest.approx(
         mapped, abs=0.006)
 
 
@@ -289,7 +289,7 @@ def test_sparse_moe_with_random_routers_loads_and_generates(engine_path, tmp_pat
 def test_every_family_loads_and_generates_as_a_sparse_file(engine_path, tmp_path, family):
     """The sparse form is what GPU measurements use at full size: zero weights must still load and run."""
     (model,) = write_model(family, tmp_path / f"{family}.gguf", SHAPES[family], sparse=True)
-    info = inspect_gguf(model)
+    info = read_layout(model)
     assert model.stat().st_blocks * 512 < info.total_bytes  # holes: less on disk than the tensors' size
     argv, log, completion = _serve(engine_path, model, ["-c", "512", "-np", "1"], tmp_path / "server.log")
     assert completion["tokens_predicted"] == 4

@@ -150,7 +150,7 @@ def test_real_instance_rss_and_cpu(engine_path, demo_project):
 
     update_profile(load_config(demo_project), "global", set={"PORT": "18395", "PARALLEL": "1"})
     runtime = Runtime(load_config(demo_project))
-    view = runtime.start("demo")
+    view = runtime.start_model("demo")
     try:
         state = StatsState()
         (first,) = read_system(sampler_state=state, prime_s=0.1).instances  # from the registry
@@ -163,7 +163,7 @@ def test_real_instance_rss_and_cpu(engine_path, demo_project):
         row = next(line for line in result.output.splitlines() if line.startswith("demo"))
         assert str(view.pid) in row and "native" in row and "ready" in row
     finally:
-        runtime.stop("all", grace_s=3)
+        runtime.stop_model("all", grace_s=3)
 
 
 def test_cli_stats_json_and_table():

@@ -78,7 +78,7 @@ def test_a_hand_written_long_id_is_a_lint_error(write_conf):
 def test_bad_timeouts_are_refused_in_core_and_cli(write_conf, timeout):
     conf = write_conf(CONF)
     with pytest.raises(ValidationError, match="more than 0"):
-        Runtime(load_config(conf)).start("p1", timeout_s=timeout)
+        Runtime(load_config(conf)).start_model("p1", timeout_s=timeout)
     out = cli(conf, "start", "p1", "--timeout", str(timeout))
     assert out.returncode == 2 and "--timeout" in out.stderr
 

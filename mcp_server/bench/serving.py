@@ -62,10 +62,10 @@ class Serving:
         else:
             self.say(f"starting {self.profile_id}")
             if self.switch:
-                result = self.runtime.switch(self.profile_id, timeout_s=self.timeout_s)
+                result = self.runtime.switch_model(self.profile_id, timeout_s=self.timeout_s)
                 view = result.started
             else:
-                view = self.runtime.start(self.profile_id, timeout_s=self.timeout_s)
+                view = self.runtime.start_model(self.profile_id, timeout_s=self.timeout_s)
             assert view is not None
             self.started = True
             self.say(f"{self.profile_id} ready on port {view.port} after {view.load_seconds or 0:.1f} s")
@@ -80,7 +80,7 @@ class Serving:
         if self.started and not self.keep_running and self.record is not None:
             self.say(f"stopping {self.profile_id}")
             try:
-                self.runtime.stop(self.record.id, grace_s=5)
+                self.runtime.stop_model(self.record.id, grace_s=5)
             except Exception:  # the benchmark's own error matters more than a failed stop
                 pass
 

@@ -113,7 +113,7 @@ def diagnose(config: Config, profile: str | None = None, log_lines: int = 30) ->
     last = max(mine, key=lambda v: v.started_at) if mine else None
     findings = lint_config(config, profile)
     try:
-        tail: LogTail | None = runtime.logs(profile, lines=log_lines)
+        tail: LogTail | None = runtime.tail_logs(profile, lines=log_lines)
     except NotRunning:
         tail = None
     diagnosis = last.diagnosis if last is not None and last.status == "failed" else None

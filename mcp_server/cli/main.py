@@ -333,7 +333,7 @@ def start(ctx: click.Context, profile: str, backend: str | None, port: int | Non
           no_wait: bool, as_json: bool) -> None:
     """Start PROFILE and wait until it is ready (progress on stderr)."""
     with cli_errors():
-        view = _runtime(ctx).start(profile, backend=backend, port=port, timeout_s=timeout_s,
+        view = _runtime(ctx).start_model(profile, backend=backend, port=port, timeout_s=timeout_s,
                                    progress=None if as_json else _print_progress, wait=not no_wait)
     if as_json:
         return emit_json(view)
@@ -350,7 +350,7 @@ def start(ctx: click.Context, profile: str, backend: str | None, port: int | Non
 def stop(ctx: click.Context, target: str, grace_s: float, as_json: bool) -> None:
     """Stop a profile (or instance id), or 'all' (the default)."""
     with cli_errors():
-        views = _runtime(ctx).stop(target, grace_s=grace_s)
+        views = _runtime(ctx).stop_model(target, grace_s=grace_s)
     if as_json:
         return emit_json(views)
     for v in views:
@@ -370,7 +370,7 @@ def switch(ctx: click.Context, profile: str, backend: str | None, timeout_s: flo
     from mcp_server.runtime.lifecycle import SwitchFailed
 
     try:
-        result = _runtime(ctx).switch(profile, backend=backend, timeout_s=timeout_s,
+        result = _runtime(ctx).switch_model(profile, backend=backend, timeout_s=timeout_s,
                                       progress=None if as_json else _print_progress)
     except SwitchFailed as exc:
         if as_json:
@@ -419,7 +419,7 @@ def logs(ctx: click.Context, target: str, lines: int, follow: bool, as_json: boo
 
     with cli_errors():
         runtime = _runtime(ctx)
-        tail = runtime.logs(target, lines=lines)
+        tail = runtime.tail_logs(target, lines=lines)
     if as_json:
         return emit_json(tail)
     for line in tail.lines:
@@ -428,7 +428,7 @@ def logs(ctx: click.Context, target: str, lines: int, follow: bool, as_json: boo
     try:
         while follow:
             time.sleep(0.5)
-            tail = runtime.logs(target, lines=0)
+            tail = runtime.tail_logs(target, lines=0)
             for line in tail.lines[seen:]:
                 click.echo(line)
             seen = tail.total_lines
@@ -484,7 +484,7 @@ def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, stop_pid: int |
         own = [o for o in found if o.is_own]
         handled = [runtime.adopt(o) for o in own] if adopt_all or stop_all else []
         if stop_all:
-            handled = [v for a in handled for v in runtime.stop(a.id)]
+            handled = [v for a in handled for v in runtime.stop_model(a.id)]
     if as_json:
         return emit_json({"orphans": found, "handled": handled})
     for o in found:
@@ -508,10 +508,10 @@ def orphans(ctx: click.Context, adopt_all: bool, stop_all: bool, stop_pid: int |
 def inspect_cmd(file: str, show_tensors: bool, as_json: bool) -> None:
     """Inspect a GGUF from its headers (every shard): layout, experts, attention, sizes by kind."""
     from mcp_server.model_files.reader import GGUFFormatError
-    from mcp_server.model_files.layout import inspect_gguf
+    from mcp_server.model_files.layout import read_layout
 
     try:
-        info = inspect_gguf(file)
+        info = read_layout(file)
     except (GGUFFormatError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

@@ -929,7 +929,7 @@ class Dashboard(App[str | None]):
                 self.post_message(OperationProgress(f"starting {profile}", p))
 
             try:
-                result = runtime.switch(profile, progress=progress)
+                result = runtime.switch_model(profile, progress=progress)
             except SwitchFailed as exc:
                 return _switch_failure(profile, exc)
             stopped = f"; stopped {', '.join(v.profile for v in result.stopped)}" if result.stopped else ""
@@ -947,7 +947,7 @@ class Dashboard(App[str | None]):
 
     def _stop(self, target: InstanceView, after: str | None) -> None:
         def stop(runtime: Runtime) -> OperationDone:
-            views = runtime.stop(target.id)
+            views = runtime.stop_model(target.id)
             done = ", ".join(f"{v.profile} (port {v.port} free)" for v in views) or "nothing"
             return OperationDone("stop", True, f"stopped {done}", shown=views[0] if views else None)
 

@@ -225,7 +225,7 @@ def _per_layer(value: Any, n_layer: int, default: int = 0) -> list[int]:
     return [int(value if value is not None else default)] * n_layer
 
 
-def inspect_gguf(path: str | Path) -> GGUFInspection:
+def read_layout(path: str | Path) -> GGUFInspection:
     """Inspect a GGUF (for a split model, pass any shard: all of them are read)."""
     path = Path(path)
     m = SHARD_RE.match(path.name)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.model_files import reader as ggufmeta
 from mcp_server.errors import ValidationError
-from mcp_server.model_files.layout import GGUFInspection, inspect_gguf
+from mcp_server.model_files.layout import GGUFInspection, read_layout
 from mcp_server.profiles.config import Config, model_path_inside
 
 # llama.cpp's general.file_type values (LLAMA_FTYPE_MOSTLY_*), for showing the quantisation.
@@ -69,7 +69,7 @@ def _describe(path: Path, root: Path, shards: list[Path], present: list[Path], u
 
 
 class ModelFileInspection(GGUFInspection):
-    """``inspect_gguf`` for a file named relative to MODELS_DIR (what MODEL= and the MCP tool take)."""
+    """``read_layout`` for a file named relative to MODELS_DIR (what MODEL= and the MCP tool take)."""
 
     relative_path: str = Field(description="the file, relative to MODELS_DIR")
     tensors_listed: bool = Field(description="false: the per-tensor table was left out (ask for it with tensors)")
@@ -92,7 +92,7 @@ def inspect_model_file(config: Config, relative: str, tensors: bool = False) -> 
     """Header-only inspection (every shard) of a model under MODELS_DIR."""
     path = model_file(config, relative)
     try:
-        info = inspect_gguf(path)
+        info = read_layout(path)
     except (OSError, ggufmeta.GGUFFormatError) as exc:
         raise ValidationError("path", relative, f"cannot be read as a GGUF: {exc}") from exc
     data = info.model_dump()

@@ -1,6 +1,6 @@
 """Placement front door: estimate a profile, plan a model file, write a plan into a profile.
 
-The CLI (``estimate``, ``plan``) and the MCP tools (``estimate_fit``, ``plan_placement``) call
+The CLI (``estimate``, ``plan``) and the MCP tools (``estimate_fit``, ``choose_placement``) call
 these functions and only format what they return. The arithmetic lives in ``estimate`` (one
 launch's memory), ``fit`` (what llama-server's default ``--fit`` changes), ``planner`` (choosing
 settings) and ``calibration`` (what earlier launches measured).
@@ -20,8 +20,8 @@ from mcp_server.engine.argv import launch_spec, without_flags
 from mcp_server.errors import LlamaPilotError, ValidationError
 from mcp_server.placement.estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
 from mcp_server.placement.fit_replay import FitOutcome, emulate_fit
-from mcp_server.model_files.layout import inspect_gguf
-from mcp_server.placement.planner import DEFAULT_RESERVE_MIB, Plan, plan_placement
+from mcp_server.model_files.layout import read_layout
+from mcp_server.placement.planner import DEFAULT_RESERVE_MIB, Plan, choose_placement
 from mcp_server.profiles.config import Config
 from mcp_server.profiles.edits import EditResult, update_profile
 
@@ -121,7 +121,7 @@ def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, o
                      replay_fit: bool = True) -> ProfileEstimate:
     """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs."""
     spec = launch_spec(config.profile(profile), config)
-    info = inspect_gguf(spec.model_path)
+    info = read_layout(spec.model_path)
     inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
     settings = settings_from_argv(spec.argv)
     names = [g.name for g in inventory.gpus]
@@ -188,7 +188,7 @@ def calibrate(config: Config, profile: str, note: str | None = None) -> calibrat
     ordered = gpus.in_cuda_order()
     nvml = {f"CUDA{i}": float(p.used_mib) for i, g in enumerate(ordered) for p in g.processes
             if p.pid == view.pid and p.used_mib is not None}
-    info = inspect_gguf(record.model_path)
+    info = read_layout(record.model_path)
     names = [g.name for g in ordered]
     overhead, _ = calibration.overhead_for(names[0] if names else None)
     settings = settings_from_argv(record.argv)
@@ -219,11 +219,11 @@ def plan(model_path: str | Path, ctx: int = 0, gpus: str | None = None, *, kv_ty
          ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB, config: Config | None = None,
          write_profile: str | None = None, dry_run: bool = False) -> PlanResult:
     """Plan placement for a model file; with ``write_profile``, write the settings into that profile."""
-    info = inspect_gguf(model_path)
+    info = read_layout(model_path)
     inventory = gpu_inventory(gpus)
     overhead, _ = inventory.overhead()
     host_free = _host_available_mib()
-    result = plan_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots, ubatch=ubatch,
+    result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots, ubatch=ubatch,
                             reserve_mib=reserve_mib, overhead_mib=overhead, host_free_mib=host_free)
     edit = None
     if write_profile is not None:

@@ -54,7 +54,7 @@ class Plan(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-def plan_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int = 0, kv_type: str = "f16",
+def choose_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int = 0, kv_type: str = "f16",
                    slots: int = 1, ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB,
                    overhead_mib: float | None = None, min_ctx: int = 4096,
                    host_free_mib: float | None = None) -> Plan:

@@ -270,7 +270,7 @@ class Runtime:
     def live(self) -> list[InstanceRecord]:
         return [r for r in self._records() if r.is_live]
 
-    def start(self, profile_id: str, *, backend: str | None = None, port: int | None = None,
+    def start_model(self, profile_id: str, *, backend: str | None = None, port: int | None = None,
               timeout_s: float | None = None, progress: Progress | None = None, wait: bool = True) -> InstanceView:
         """Start a profile and (by default) wait until it answers /health with 200."""
         if timeout_s is not None and not 0 < timeout_s <= 86400:
@@ -381,7 +381,7 @@ class Runtime:
         text = strip_ansi(self.backend(record.backend).read_log(record))
         return text.splitlines()[-n:]
 
-    def stop(self, target: str = "all", grace_s: float = 10.0) -> list[InstanceView]:
+    def stop_model(self, target: str = "all", grace_s: float = 10.0) -> list[InstanceView]:
         """Stop one profile (or instance id), or all; returns once each port is free."""
         with self.registry.lock():
             live = [r for r in self._reconciled() if r.is_live]
@@ -401,7 +401,7 @@ class Runtime:
         with self.registry.lock():
             return self._mark_ended(record, state, requested=True)
 
-    def switch(self, profile_id: str, *, backend: str | None = None, timeout_s: float | None = None,
+    def switch_model(self, profile_id: str, *, backend: str | None = None, timeout_s: float | None = None,
                progress: Progress | None = None) -> SwitchResult:
         """Stop what occupies the target's devices, start the target; on failure restart what was there."""
         target = self.config.profile(profile_id)
@@ -413,20 +413,20 @@ class Runtime:
         occupying = [r for r in live if _overlap(wanted, r.visible_devices)]
         stopped = [_view(self._stop_one(r, 10.0)) for r in occupying]
         try:
-            started = self.start(profile_id, backend=backend, timeout_s=timeout_s, progress=progress)
+            started = self.start_model(profile_id, backend=backend, timeout_s=timeout_s, progress=progress)
             return SwitchResult(stopped=stopped, started=started)
         except LlamaPilotError as exc:
             restored = []
             for previous in occupying:
                 try:
-                    restored.append(self.start(previous.profile, backend=previous.backend, port=previous.port))
+                    restored.append(self.start_model(previous.profile, backend=previous.backend, port=previous.port))
                 except LlamaPilotError as again:
                     exc = LlamaPilotError(f"{exc}\nRollback of {previous.profile} also failed: {again}")
             note = f" Rolled back to {', '.join(v.profile for v in restored)}." if restored else ""
             raise SwitchFailed(SwitchResult(stopped=stopped, started=None, rolled_back=restored,
                                             error=f"{exc}{note}")) from exc
 
-    def logs(self, target: str, lines: int = 200) -> "LogTail":
+    def tail_logs(self, target: str, lines: int = 200) -> "LogTail":
         record = self._latest(target)
         text = strip_ansi(self.backend(record.backend).read_log(record)) if record else _read_profile_log(target)
         all_lines = text.splitlines()

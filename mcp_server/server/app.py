@@ -112,7 +112,7 @@ async def _start_and_wait(runtime: Runtime, start, ctx: Context) -> InstanceView
         return await anyio.to_thread.run_sync(lambda: runtime.wait(view.id, report), abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: runtime.stop(view.id, grace_s=5))
+            await anyio.to_thread.run_sync(lambda: runtime.stop_model(view.id, grace_s=5))
         raise
 
 
@@ -158,14 +158,14 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
         """Start a profile's llama-server and wait until it is ready; reports load progress. Refuses if that profile already runs (use switch_model to replace what is running). On failure the error names the cause (oom, model-missing, invalid-argument, port-in-use, timeout, ...) and a fix."""
         with tool_errors():
             rt = runtime()
-            return await _start_and_wait(rt, lambda: rt.start(profile, backend=backend, timeout_s=timeout_s,
+            return await _start_and_wait(rt, lambda: rt.start_model(profile, backend=backend, timeout_s=timeout_s,
                                                                 wait=False), ctx)
 
     @mcp.tool(annotations=STOPS)
     async def stop_model(profile: ProfileId | Literal["all"] = "all") -> InstanceList:
         """Stop one running profile, or all of them; returns once their ports (and GPU memory) are free."""
         with tool_errors():
-            return InstanceList(instances=await anyio.to_thread.run_sync(lambda: runtime().stop(profile)))
+            return InstanceList(instances=await anyio.to_thread.run_sync(lambda: runtime().stop_model(profile)))
 
     @mcp.tool(annotations=STOPS)
     async def switch_model(profile: ProfileId, ctx: Context, backend: Backend | None = None,
@@ -178,7 +178,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
 
         try:
             return await anyio.to_thread.run_sync(
-                lambda: rt.switch(profile, backend=backend, timeout_s=timeout_s, progress=report))
+                lambda: rt.switch_model(profile, backend=backend, timeout_s=timeout_s, progress=report))
         except SwitchFailed as exc:
             raise ToolError(str(exc)) from exc
         except LlamaPilotError as exc:
@@ -198,7 +198,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     async def tail_logs(profile: ProfileId, lines: Annotated[int, Field(ge=1, le=2000)] = 100) -> UntrustedLog:
         """The last lines of a profile's llama-server log (ANSI stripped, kept across restarts). For older lines, call again with a larger `lines`."""
         with tool_errors():
-            tail = await anyio.to_thread.run_sync(lambda: runtime().logs(profile, lines=lines))
+            tail = await anyio.to_thread.run_sync(lambda: runtime().tail_logs(profile, lines=lines))
         return UntrustedLog(**tail.model_dump())
 
     @mcp.tool(annotations=READ_ONLY)
@@ -422,7 +422,7 @@ def _register_resources(mcp: MCPServer, config_path: str | Path | None) -> None:
         if config is None or profile not in config.profiles:
             raise ResourceNotFoundError(f"no profile {profile!r}")
         try:
-            tail = Runtime(config).logs(profile, lines=500)
+            tail = Runtime(config).tail_logs(profile, lines=500)
         except LlamaPilotError as exc:
             raise ResourceNotFoundError(str(exc)) from exc
         return UNTRUSTED_LOG + "\n".join(tail.lines) + "\n"

@@ -174,14 +174,14 @@ def demo(config_path: str | Path | None = None, profile_id: str = DEMO_PROFILE,
         raise DemoModelError(f"model file {model_path} is missing; run `llama-pilot setup` first")
     runtime = Runtime(config)
     progress(f"starting {profile.name}")
-    view = runtime.start(profile_id, timeout_s=timeout_s)
+    view = runtime.start_model(profile_id, timeout_s=timeout_s)
     try:
         progress(f"ready after {view.load_seconds:.1f} s on port {view.port}; asking: {prompt}")
         t_ask = time.monotonic()
         reply = chat(view.url, prompt, max_tokens=96)
         answer_s = time.monotonic() - t_ask
     finally:
-        runtime.stop(view.id)
+        runtime.stop_model(view.id)
     answer = (reply.get("choices") or [{}])[0].get("message", {}).get("content") or ""
     timings = reply.get("timings") or {}
     argv = next((r.argv for r in runtime.registry.all() if r.id == view.id), [])

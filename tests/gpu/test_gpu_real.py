@@ -146,7 +146,7 @@ def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
     runtime = Runtime(load_config(gpu_config))
     checks: list[tuple[str, bool, str]] = []
     lines: list[str] = []
-    view = runtime.start(PROFILE)
+    view = runtime.start_model(PROFILE)
     try:
         load = runtime.load_report(PROFILE)
         # CUDA0, CUDA1, ... (not CUDA_Host, the pinned host memory llama.cpp also logs)
@@ -242,7 +242,7 @@ def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
                        f"max {max(util) if util else None}%"))
         last_took_ms = 1000 * sampler.latest().took_s
     finally:
-        runtime.stop("all", grace_s=5)
+        runtime.stop_model("all", grace_s=5)
     gone = read_gpus()
     checks.append(("after stop, NVML no longer lists the server", all(p.pid != view.pid for g in gone.gpus for p in g.processes),
                    f"pid {view.pid}"))
