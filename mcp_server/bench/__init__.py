@@ -18,12 +18,12 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from mcp_server import paths
 from mcp_server.errors import LlamaPilotError
+from mcp_server.files import atomic_write
 
 BENCH_DIR_ENV = "LLAMA_PILOT_BENCH_DIR"
 RUN_KINDS = ("speed", "evalplus")
@@ -85,19 +85,8 @@ def new_run_dir(root: Path, profile: str, kind: str, now: _dt.datetime | None = 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (temporary file, then rename), so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(value, fh, indent=2, default=str)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are for everyone who may read the folder
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    # 0644: results are for everyone who may read the folder.
+    atomic_write(path, json.dumps(value, indent=2, default=str) + "\n", mode=0o644)
 
 
 def read_json(path: Path) -> Any:

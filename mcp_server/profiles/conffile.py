@@ -25,8 +25,6 @@ import hashlib
 import os
 import re
 import shutil
-import stat
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mcp_server.errors import ConfConflictError, ConfParseError, StorageError
+from mcp_server.files import sync_dir, write_temp
 
 __all__ = [
     "KEY_RE",
@@ -436,7 +435,7 @@ class ConfDocument:
         real = Path(os.path.realpath(target))
         data = self.render().encode("utf-8")
         try:
-            tmp = _write_temp(real, data)
+            tmp = write_temp(real, data)
         except OSError as exc:
             raise StorageError.from_os_error(exc, "save", real, fix=_conf_fix(exc, real)) from None
         backup = None
@@ -445,13 +444,13 @@ class ConfDocument:
                 backup = _backup(real, Path(backup_dir), target.name)
             os.replace(tmp, real)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             where = real if backup is not None or backup_dir is None else Path(backup_dir)
             raise StorageError.from_os_error(exc, "save" if where == real else "back up to", where) from None
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
-        _sync_dir(real.parent)
+        sync_dir(real.parent)
         if backup is not None:
             _prune_backups(Path(backup_dir), target.name, keep_backups)  # type: ignore[arg-type]
         self.path = target
@@ -514,43 +513,6 @@ def _prune_backups(backup_dir: Path, name: str, keep: int) -> None:
     backups = sorted(p for p in backup_dir.iterdir() if pattern.fullmatch(p.name))
     for old in backups[:-keep]:
         old.unlink(missing_ok=True)
-
-
-def _write_temp(target: Path, data: bytes) -> str:
-    """``data`` in a synced temporary file beside ``target``, with the mode ``target`` has (or would get)."""
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        # A new file gets what open() would have given it, not mkstemp's private 0600. Reading
-        # the umask means setting it; the brief window matters only to threads creating files.
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _sync_dir(folder: Path) -> None:
-    """Make a rename durable; not every platform lets us open a directory."""
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _conf_fix(exc: OSError, real: Path) -> str | None:

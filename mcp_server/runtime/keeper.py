@@ -6,7 +6,8 @@ process's exit code, and the CLI or MCP server that asked for the start is usual
 the keeper stays. It runs as the leader of the instance's own session and process group, so a
 signal to the group reaches llama-server too; the keeper itself only waits.
 
-Imports are kept to the standard library: this runs on every start.
+Imports are kept to the standard library and :mod:`mcp_server.files` (itself light): this runs on
+every start.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import subprocess
 import sys
 import time
 
+from mcp_server.files import atomic_write
+
 
 def _write(path: str, payload: dict[str, object]) -> None:
-    tmp = f"{path}.tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
+        # No fsync, as ever: these files describe processes, which a crash of the machine ends too.
+        atomic_write(path, json.dumps(payload), fsync=False)
     except OSError as exc:
         # A deleted, read-only or full state folder must not end the keeper: it still waits for its
         # child, so the server keeps a parent and its group can still be stopped.

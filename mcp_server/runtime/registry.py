@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import secrets
-import tempfile
 import time
 from contextlib import contextmanager
 from enum import StrEnum
@@ -24,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server import paths
 from mcp_server.errors import storage_errors
+from mcp_server.files import atomic_write
 
 
 class InstanceStatus(StrEnum):
@@ -172,16 +172,8 @@ class Registry:
     def save(self, record: InstanceRecord) -> None:
         data = json.dumps(record.model_dump(mode="json"), indent=2).encode()
         with storage_errors("save the instance record in", self.dir, fix=paths.home_fix):
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".json")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self._path(record.id))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # 0600: a record holds the server's argv, and with it any --api-key.
+            atomic_write(self._path(record.id), data, mode=0o600)
 
     def delete(self, instance_id: str) -> None:
         """Forget an instance: its record and its keeper's pid and exit files."""
@@ -198,10 +190,21 @@ class Registry:
         known = {p.stem for p in self.dir.glob("*.json")}
         removed = 0
         for path in self.run_dir.iterdir():
-            name = path.name.removesuffix(".tmp")
+            name = _run_file_name(path.name)
             for suffix in (".pid", ".exit"):
                 if name.endswith(suffix) and name.removesuffix(suffix) not in known:
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
 
+
+
+def _run_file_name(name: str) -> str:
+    """The pid or exit file a name in the run folder stands for, its keeper's temporary files included.
+
+    Keepers write ``.<id>.pid.<random>.tmp`` (``<id>.pid.tmp`` in older versions) and rename it;
+    one killed in between leaves the temporary file behind.
+    """
+    if name.startswith(".") and name.endswith(".tmp"):
+        return name[1:].removesuffix(".tmp").rpartition(".")[0]
+    return name.removesuffix(".tmp")

@@ -10,7 +10,6 @@ Running it again changes nothing.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import LlamaPilotError
+from mcp_server.files import atomic_write
 
 SERVER_NAME = "llama-pilot"
 
@@ -64,9 +64,7 @@ def _write(path: Path, data: bytes) -> Literal["created", "updated", "unchanged"
         return "unchanged"
     action: Literal["created", "updated"] = "updated" if path.exists() else "created"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return action
 
 
