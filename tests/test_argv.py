@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_server.engine.argv import build_argv, launch_spec
+from mcp_server.engine.argv import launch_spec
 from mcp_server.errors import ValidationError
 from mcp_server.profiles.config import load_config
 
@@ -51,7 +51,7 @@ def config(write_conf):
 
 
 def test_full_profile_argv_in_documented_order(config):
-    argv = build_argv(config.profile("full"), config, engine="/opt/llama-server")
+    argv = launch_spec(config.profile("full"), config, engine="/opt/llama-server").argv
     assert argv == [
         "/opt/llama-server", "--model", "/srv/models/Qwen/Qwen3-30B-A3B-Q4_K_M.gguf",
         "--ctx-size", "32768", "--n-gpu-layers", "auto",
@@ -87,7 +87,7 @@ def test_docker_model_root_and_port_override(config):
 
 
 def test_argv_is_a_list_never_a_shell_string(config):
-    argv = build_argv(config.profile("full"), config)
+    argv = launch_spec(config.profile("full"), config).argv
     assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
     assert '{"enable_thinking": false}' in argv  # spaces kept inside one argument
 
@@ -95,7 +95,7 @@ def test_argv_is_a_list_never_a_shell_string(config):
 def test_flag_injection_in_structured_values_is_refused(write_conf):
     config = load_config(write_conf("[p]\nMODEL=--help\n"))
     with pytest.raises(ValidationError, match="must not start with '-'"):
-        build_argv(config.profile("p"), config)
+        launch_spec(config.profile("p"), config)
     config = load_config(write_conf("[p]\nMODEL=a.gguf\nFIT_TARGET=1024\nOVERRIDE_TENSORS=-x=CPU\n"))
     with pytest.raises(ValidationError, match="read as a flag"):
-        build_argv(config.profile("p"), config)
+        launch_spec(config.profile("p"), config)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mcp_server.setup.bootstrap import demo, free_port, install_demo_model, setup
-from mcp_server.runtime.server_api import chat, health, wait_ready
+from mcp_server.runtime.server_api import chat, health
 from mcp_server.profiles.config import load_config
 
 pytestmark = pytest.mark.engine
@@ -31,7 +31,10 @@ def test_llama_server_serves_demo_profile(engine_path, demo_project):
     proc = subprocess.Popen(spec.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{spec.port}"
     try:
-        wait_ready(base, timeout_s=120, exit_code=proc.poll)
+        deadline = time.monotonic() + 120
+        while (status := health(base)[0]) != 200 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status == 200, f"not ready: /health {status}, exit code {proc.poll()}"
         status, body = health(base)
         assert status == 200 and body == {"status": "ok"}
         reply = chat(base, "Say hello in three words.", max_tokens=24, temperature=0)

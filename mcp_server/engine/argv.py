@@ -50,18 +50,13 @@ def _flag_values(profile: Profile) -> list[str]:
     return args
 
 
-def build_argv(profile: Profile, config: Config, *, engine: str = "llama-server", port: int | None = None,
-               host: str | None = None, model_root: str | None = None) -> list[str]:
-    """The argv for ``profile``.
+def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server", port: int | None = None,
+                host: str | None = None, model_root: str | None = None) -> LaunchSpec:
+    """How to start ``profile``: its argv, environment, model path, host and port.
 
     ``model_root`` replaces the models directory in the model path (Docker mounts it at /models);
     ``port``/``host`` default to the profile's PORT, then [global].
     """
-    return launch_spec(profile, config, engine=engine, port=port, host=host, model_root=model_root).argv
-
-
-def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server", port: int | None = None,
-                host: str | None = None, model_root: str | None = None) -> LaunchSpec:
     model = profile.model
     if not model:
         raise ValidationError("MODEL", "", "is required", f"[{profile.id}]")

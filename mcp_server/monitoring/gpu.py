@@ -623,10 +623,6 @@ class Owners:
         return None
 
 
-def owner_of(pid: int, records: "Iterable[InstanceRecord]") -> "InstanceRecord | None":
-    return Owners(records)(pid)
-
-
 def _map_processes(gpus: list[GpuInfo], records: "list[InstanceRecord]", env: dict[str, str],
                    orders: dict[str, list[int]]) -> None:
     if not records:

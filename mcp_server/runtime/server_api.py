@@ -1,4 +1,4 @@
-"""Waiting for a llama-server to be ready, and talking to it over plain HTTP.
+"""Talking to a llama-server over plain HTTP: its /health and its OpenAI-style chat endpoint.
 
 Only the standard library: these run in the CLI's start-up path, where importing an HTTP client
 would cost more than the request.
@@ -7,24 +7,11 @@ would cost more than the request.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any
 
 from mcp_server.errors import LlamaPilotError
-
-
-class ServerExited(LlamaPilotError):
-    """The server process ended before it became ready."""
-
-    def __init__(self, returncode: int | None, detail: str = "") -> None:
-        self.returncode = returncode
-        super().__init__(f"llama-server exited with code {returncode} before it was ready{detail}")
-
-
-class ReadyTimeout(LlamaPilotError):
-    """The server was still not ready when the deadline passed."""
 
 
 def health(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any] | None]:
@@ -44,31 +31,6 @@ def _json(raw: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def wait_ready(url: str, *, timeout_s: float, exit_code: Callable[[], int | None],
-               on_poll: Callable[[int], None] | None = None, interval_s: float = 0.1) -> float:
-    """Poll /health until it answers 200; returns seconds waited.
-
-    ``exit_code()`` is checked on every poll so a process that dies while loading fails the wait
-    at once (llama-swap's "exited prematurely") instead of running out the timeout.
-    """
-    start = time.monotonic()
-    delay = interval_s
-    while True:
-        code = exit_code()
-        if code is not None:
-            raise ServerExited(code)
-        status, _ = health(url, timeout=min(2.0, max(0.2, timeout_s)))
-        if on_poll:
-            on_poll(status)
-        if status == 200:
-            return time.monotonic() - start
-        elapsed = time.monotonic() - start
-        if elapsed >= timeout_s:
-            raise ReadyTimeout(f"{url} was not ready after {elapsed:.0f} s (last /health status {status or 'none'})")
-        time.sleep(min(delay, max(0.0, timeout_s - elapsed)))
-        delay = min(delay * 1.5, 1.0)
 
 
 def post_json(url: str, payload: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
