@@ -316,6 +316,44 @@ def read_gpus(source: Any | None = None, instances: "Iterable[InstanceRecord] | 
                      at=time.time(), **base)
 
 
+def gpu_pids(source: Any | None = None) -> set[int] | None:
+    """The pids holding memory on any GPU (compute or graphics), through the one NVML session.
+
+    None when GPUs cannot be read (no pynvml, no driver, NVML refused): the caller cannot tell.
+    Cheaper than :func:`read_gpus`: no device facts, no process names, no owners."""
+    if source is None:
+        source, _ = _default_source()
+        if source is None:
+            return None
+    session = _session(source)
+    for _attempt in (1, 2):
+        with session.lock:
+            try:
+                if session.start():
+                    return None
+                return _holder_pids(session)
+            except _SessionLost:
+                session.reset()  # the driver restarted or a GPU was lost: start again once
+    return None
+
+
+def _holder_pids(session: _Session) -> set[int] | None:
+    src = session.source
+    count = session._call(-1, "count", src.nvmlDeviceGetCount)
+    if count is None:
+        return None
+    pids: set[int] = set()
+    for index in range(int(count)):
+        handle = session._call(index, "handle", src.nvmlDeviceGetHandleByIndex, index)
+        if handle is None:
+            continue
+        for fn_name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+            fn = getattr(src, fn_name, None)
+            if fn is not None:
+                pids |= {int(proc.pid) for proc in session._call(index, fn_name, fn, handle) or []}
+    return pids
+
+
 def _read_all(session: _Session) -> tuple[list[GpuInfo], list[str]]:
     src = session.source
     count = session._call(-1, "count", src.nvmlDeviceGetCount)
