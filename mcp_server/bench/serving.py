@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
 from mcp_server.profiles.config import Config
-from mcp_server.runtime.lifecycle import Runtime
+from mcp_server.runtime.lifecycle import InstanceView, NotRunning, Runtime
+from mcp_server.runtime.server_log import LoadProgress
 from mcp_server.bench import BenchError
 
 Say = Callable[[str], None]
@@ -52,29 +53,44 @@ class Serving:
         return self.record.base_url
 
     def __enter__(self) -> "Serving":
-        running = [r for r in self.runtime.live() if r.profile == self.profile_id]
-        if running:
-            record = running[0]
-            if record.status == InstanceStatus.LOADING:
-                self.say(f"{self.profile_id} is loading; waiting for it")
-                self.runtime.wait(record.id)
-            self.say(f"using the running {self.profile_id} on port {record.port}")
-        else:
+        try:
+            view = self.runtime.ensure_ready(self.profile_id, progress=self._loading())
+            self.say(f"using the running {self.profile_id} on port {view.port}")
+        except NotRunning:
             self.say(f"starting {self.profile_id}")
-            if self.switch:
-                result = self.runtime.switch_model(self.profile_id, timeout_s=self.timeout_s)
-                view = result.started
+            view = self._start()
+            if self.started:
+                self.say(f"{self.profile_id} ready on port {view.port} after {view.load_seconds or 0:.1f} s")
             else:
-                view = self.runtime.start_model(self.profile_id, timeout_s=self.timeout_s)
-            assert view is not None
-            self.started = True
-            self.say(f"{self.profile_id} ready on port {view.port} after {view.load_seconds or 0:.1f} s")
-        record = next((r for r in self.runtime.live() if r.profile == self.profile_id), None)
-        if record is None:
-            raise BenchError(f"{self.profile_id} is not running after start")
+                self.say(f"using {self.profile_id} on port {view.port}, started meanwhile by another process")
+        record = self.runtime.registry.get(view.id)
+        if record is None or record.status != InstanceStatus.READY:
+            raise BenchError(f"{self.profile_id} is not running after start (status shows what happened)")
         self.record = record
         self.props = get_json(f"{record.base_url}/props")
         return self
+
+    def _start(self) -> InstanceView:
+        """Start (or switch to) the profile; ``started`` is whether this benchmark launched it, so
+        that it stops only what it started."""
+        if self.switch:
+            result = self.runtime.switch_model(self.profile_id, timeout_s=self.timeout_s)
+            assert result.started is not None  # a failed switch raises SwitchFailed
+            self.started = result.launched is not None
+            return result.started
+        view = self.runtime.ensure_ready(self.profile_id, start=True, timeout_s=self.timeout_s)
+        self.started = view.started_here
+        return view
+
+    def _loading(self) -> Callable[[LoadProgress], None]:
+        said: list[bool] = []
+
+        def once(progress: LoadProgress) -> None:
+            if not said and progress.stage != "ready":
+                said.append(True)
+                self.say(f"{self.profile_id} is loading; waiting for it")
+
+        return once
 
     def __exit__(self, *exc: object) -> None:
         if self.started and not self.keep_running and self.record is not None:

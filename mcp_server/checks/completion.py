@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.errors import LlamaPilotError
 from mcp_server.runtime.server_api import chat
-from mcp_server.runtime.lifecycle import NotRunning, Runtime
+from mcp_server.runtime.lifecycle import Runtime
 
 
 class CompletionCheck(BaseModel):
@@ -26,11 +26,10 @@ class CompletionCheck(BaseModel):
 
 def test_completion(runtime: Runtime, profile: str, prompt: str = "Write one sentence about the sea.",
                     max_tokens: int = 64, temperature: float | None = None) -> CompletionCheck:
-    """Send one chat request to a ready instance of ``profile``; speeds come from the server's timings."""
-    ready = [v for v in runtime.status() if v.profile == profile and v.status == "ready"]
-    if not ready:
-        raise NotRunning(f"{profile} is not ready; start it first (status shows what runs)")
-    view = ready[0]
+    """Send one chat request to a ready instance of ``profile``; speeds come from the server's timings.
+
+    A loading instance is waited for; when none runs, NotRunning says to start it (nothing is started here)."""
+    view = runtime.ensure_ready(profile)
     params = {} if temperature is None else {"temperature": temperature}
     t0 = time.monotonic()
     try:

@@ -1,9 +1,13 @@
 """Start, stop, switch and watch llama-server instances; the only writer of instance records.
 
 Every decision that depends on what is running (is this profile already up, is that port free,
-what must stop before a switch) is made while holding the registry lock, so two processes
-asking at once get one consistent answer. Waiting for a model to load happens outside the lock:
-a 60 GB model must not block ``status`` for a minute.
+what must stop before a switch) is made while holding the registry lock, and acted on in the same
+hold (the record claimed, the process launched), so two processes asking at once get one
+consistent answer. Waiting for a model to load happens outside the lock: a 60 GB model must not
+block ``status`` for minutes.
+
+Helpers named ``*_locked`` assume the caller holds the lock (it is re-entrant within a process,
+but one hold per decision keeps the critical sections visible).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -68,9 +73,19 @@ class StartFailed(LifecycleError):
         self.record = record
         self.diagnosis = diagnosis
         self.log_tail = log_tail
+        if self.stopped_on_request:
+            super().__init__(f"{record.profile} ({record.id}) was stopped before this call saw it ready: a stop or "
+                             f"a switch (perhaps from another process) asked for it. Start it again if you still "
+                             f"want it.")
+            return
         lines = "\n".join(f"  {line}" for line in log_tail[-8:])
         super().__init__(f"{record.profile} failed to start: {diagnosis.summary} (cause: {diagnosis.cause}).\n"
                          f"Fix: {diagnosis.fix}\nLog: {record.log_path}\nLast log lines:\n{lines}")
+
+    @property
+    def stopped_on_request(self) -> bool:
+        """It did not fail: someone stopped it before it was ready."""
+        return self.record.status == InstanceStatus.STOPPED
 
 
 class InstanceView(BaseModel):
@@ -99,10 +114,24 @@ class InstanceView(BaseModel):
 
 
 class SwitchResult(BaseModel):
-    stopped: list[InstanceView]
-    started: InstanceView | None
-    rolled_back: list[InstanceView] = Field(default_factory=list)
+    stopped: list[InstanceView] = Field(description="what the switch stopped, as it ended")
+    started: InstanceView | None = Field(description="the target, ready; None when the switch failed")
+    rolled_back: list[InstanceView] = Field(default_factory=list,
+                                            description="what was restarted after a failure, ready")
     error: str | None = None
+    decided_at: float | None = Field(default=None, description=(
+        "when the switch decided what to stop (epoch seconds, under the registry lock): everything it "
+        "stopped started before this"))
+    launched: InstanceView | None = Field(default=None, description=(
+        "the instance this switch launched, as claimed (started_at is the claim); None when the target "
+        "was already running or nothing could be launched"))
+
+
+class ReadyView(InstanceView):
+    """What ensure_ready returns: the ready instance, and whether this call started it."""
+
+    started_here: bool = Field(default=False, description=(
+        "this call launched it; False when it was running, or another process started it meanwhile"))
 
 
 def _view(record: InstanceRecord, progress: LoadProgress | None = None) -> InstanceView:
@@ -273,13 +302,42 @@ class Runtime:
     def start_model(self, profile_id: str, *, backend: str | None = None, port: int | None = None,
               timeout_s: float | None = None, progress: Progress | None = None, wait: bool = True) -> InstanceView:
         """Start a profile and (by default) wait until it answers /health with 200."""
-        if timeout_s is not None and not 0 < timeout_s <= 86400:
-            raise ValidationError("timeout_s", timeout_s, "must be more than 0 and at most 86400 seconds "
-                                  "(leave it out for the default, which grows with the model's size)")
+        _check_timeout(timeout_s)
         record = self._launch(profile_id, backend=backend, port=port, timeout_s=timeout_s)
         if not wait:
             return _view(record)
         return _view(self._wait_ready(record, progress))
+
+    def ensure_ready(self, profile_id: str, *, start: bool = False, backend: str | None = None,
+                     timeout_s: float | None = None, progress: Progress | None = None) -> ReadyView:
+        """The ready instance of a profile, waiting for one that is loading.
+
+        When none runs: ``start=False`` raises :class:`NotRunning`; ``start=True`` starts it. The look
+        and the launch are one hold of the lock, so a start racing another process's start of the same
+        profile waits for that one instead of failing with AlreadyRunning. ``backend`` and
+        ``timeout_s`` apply only to a start made here.
+        """
+        _check_timeout(timeout_s)
+        self.config.profile(profile_id)  # an unknown profile fails before anything else
+        launch = self._prepare(profile_id, backend) if start else None
+        with self.registry.lock():
+            live = self._live_locked()
+            record = _running(live, profile_id)
+            if record is None and launch is None:
+                raise NotRunning(f"{profile_id} is not ready; start it first (start_model {profile_id}): it is not "
+                                 f"running (status shows what runs)")
+            started_here = record is None
+            if record is None:
+                assert launch is not None
+                record = self._launch_locked(launch, live, port=None, timeout_s=timeout_s)
+        if record.status != InstanceStatus.READY:
+            record = self._wait_ready(record, progress)
+        return ReadyView(**_view(record).model_dump(), started_here=started_here)
+
+    def _live_locked(self) -> list[InstanceRecord]:
+        """The live records, checked against the OS. Call under the lock, once per hold (it asks
+        every loading server for /health and scans for orphans)."""
+        return [r for r in self._reconciled() if r.is_live]
 
     def wait(self, instance_id: str, progress: Progress | None = None) -> InstanceView:
         """Wait for an instance started with ``wait=False`` to become ready (or fail)."""
@@ -294,6 +352,17 @@ class Runtime:
 
     def _launch(self, profile_id: str, *, backend: str | None, port: int | None,
                 timeout_s: float | None) -> InstanceRecord:
+        launch = self._prepare(profile_id, backend)
+        with self.registry.lock():
+            live = self._live_locked()
+            for other in live:
+                if other.profile == profile_id:
+                    raise AlreadyRunning(f"{profile_id} is already {other.status} on port {other.port} "
+                                         f"(instance {other.id}); stop it first, or use switch")
+            return self._launch_locked(launch, live, port=port, timeout_s=timeout_s)
+
+    def _prepare(self, profile_id: str, backend: str | None) -> _Launch:
+        """What a launch needs that does not depend on what runs; found before taking the lock."""
         from mcp_server.engine.binary import locate_engine
 
         profile = self.config.profile(profile_id)
@@ -303,34 +372,36 @@ class Runtime:
             raise StartRefused(Diagnosis(cause="model-missing", summary=f"{profile_id}: model file {model_path} is missing",
                                          fix="download it or fix MODEL (llama-pilot lint lists missing files and shards)"))
         engine = "llama-server" if backend_name == "docker" else locate_engine(self.config.host.engine).path
-        with self.registry.lock():
-            live = [r for r in self._reconciled() if r.is_live]
-            for other in live:
-                if other.profile == profile_id:
-                    raise AlreadyRunning(f"{profile_id} is already {other.status} on port {other.port} "
-                                         f"(instance {other.id}); stop it first, or use switch")
-            chosen = self._choose_port(profile, port, live)
-            spec = launch_spec(profile, self.config, engine=engine, port=chosen,
-                               model_root="/models" if backend_name == "docker" else None)
-            size = sum(p.stat().st_size for p in _shards(model_path))
-            instance_id = new_instance_id(profile_id)
-            record = InstanceRecord(
-                id=instance_id, profile=profile_id, backend=backend_name, status=InstanceStatus.LOADING,
-                host=spec.host, port=spec.port, argv=spec.argv,
-                env={**spec.env, **owner_marks(paths.home(), instance_id, profile_id)},
-                log_path=str(paths.logs_dir() / f"{profile_id}.log"), model_path=str(model_path), model_bytes=size,
-                visible_devices=spec.visible_devices, exit_file=str(self.registry.run_dir / f"{instance_id}.exit"),
-                started_at=time.time(), load_timeout_s=timeout_s or (_BASE_TIMEOUT_S + size / _BYTES_PER_S))
-            append_separator(Path(record.log_path), f"starting {profile_id} ({profile.name}) as {instance_id}, "
-                                                    f"{backend_name}, port {spec.port}")
-            self.registry.save(record)  # claim the port before the slow part
-            try:
-                record = self.backend(backend_name).launch(record, spec, hold_fd=self.registry.lock_fd)
-            except LlamaPilotError:
-                self.registry.delete(record.id)
-                raise
-            self.registry.save(record)
-            return record
+        return _Launch(profile=profile, backend=backend_name, model_path=model_path, engine=engine)
+
+    def _launch_locked(self, launch: _Launch, live: list[InstanceRecord], *, port: int | None,
+                       timeout_s: float | None) -> InstanceRecord:
+        """Claim a record and launch the process; ``live`` is what runs now. Call under the lock.
+
+        The caller has decided that this profile may start; this only picks the port."""
+        profile, backend_name, model_path = launch.profile, launch.backend, launch.model_path
+        chosen = self._choose_port(profile, port, live)
+        spec = launch_spec(profile, self.config, engine=launch.engine, port=chosen,
+                           model_root="/models" if backend_name == "docker" else None)
+        size = sum(p.stat().st_size for p in _shards(model_path))
+        instance_id = new_instance_id(profile.id)
+        record = InstanceRecord(
+            id=instance_id, profile=profile.id, backend=backend_name, status=InstanceStatus.LOADING,
+            host=spec.host, port=spec.port, argv=spec.argv,
+            env={**spec.env, **owner_marks(paths.home(), instance_id, profile.id)},
+            log_path=str(paths.logs_dir() / f"{profile.id}.log"), model_path=str(model_path), model_bytes=size,
+            visible_devices=spec.visible_devices, exit_file=str(self.registry.run_dir / f"{instance_id}.exit"),
+            started_at=time.time(), load_timeout_s=timeout_s or (_BASE_TIMEOUT_S + size / _BYTES_PER_S))
+        append_separator(Path(record.log_path), f"starting {profile.id} ({profile.name}) as {instance_id}, "
+                                                f"{backend_name}, port {spec.port}")
+        self.registry.save(record)  # claim the port before the slow part
+        try:
+            record = self.backend(backend_name).launch(record, spec, hold_fd=self.registry.lock_fd)
+        except LlamaPilotError:
+            self.registry.delete(record.id)
+            raise
+        self.registry.save(record)
+        return record
 
     def _choose_port(self, profile: Profile, requested: int | None, live: list[InstanceRecord]) -> int:
         taken = {r.port for r in live}
@@ -358,12 +429,11 @@ class Runtime:
                     record = self._mark_ended(record, state)
                 raise StartFailed(record, record.diagnosis or diagnose("", state.exit_code), self._tail(record))
             if health(record.base_url, timeout=2.0)[0] == 200:
-                with self.registry.lock():
-                    record = record.model_copy(update={"status": InstanceStatus.READY, "ready_at": time.time()})
-                    self.registry.save(record)
-                if progress:
-                    progress(LoadProgress(stage="ready", fraction=1.0))
-                return record
+                ready = self._mark_ready(record)
+                if ready is not None:
+                    if progress:
+                        progress(LoadProgress(stage="ready", fraction=1.0))
+                    return ready
             if progress:
                 current = load_progress(backend.read_log(record))
                 if current.fraction != last_fraction:
@@ -376,6 +446,18 @@ class Runtime:
                 raise StartFailed(record, record.diagnosis or diagnose("", None, timed_out=True), self._tail(record))
             time.sleep(delay)
             delay = min(delay * 1.5, 0.1)  # detection lag stays under 0.1 s, a few % of a short load
+
+    def _mark_ready(self, record: InstanceRecord) -> InstanceRecord | None:
+        """Record that the server answers, on the record as it is now (not our copy, which may
+        predate a stop request); None when a stop was requested: it is on its way out, not ready."""
+        with self.registry.lock():
+            current = self.registry.get(record.id) or record
+            if current.stop_requested:
+                return None
+            if current.status == InstanceStatus.LOADING:
+                current = current.model_copy(update={"status": InstanceStatus.READY, "ready_at": time.time()})
+                self.registry.save(current)
+            return current
 
     def _tail(self, record: InstanceRecord, n: int = 20) -> list[str]:
         text = strip_ansi(self.backend(record.backend).read_log(record))
@@ -392,39 +474,127 @@ class Runtime:
         return [_view(self._stop_one(r, grace_s)) for r in chosen]
 
     def _stop_one(self, record: InstanceRecord, grace_s: float) -> InstanceRecord:
+        """Stop one instance without holding the lock while it ends (status stays answerable)."""
         with self.registry.lock():
-            record = (self.registry.get(record.id) or record).model_copy(update={"stop_requested": True})
-            self.registry.save(record)
-        state = self.backend(record.backend).stop(record, grace_s)
-        _wait_port_free(record.port, timeout_s=10)
-        _wait_gpu_release(record.pid, timeout_s=15)
+            (record,) = self._request_stop_locked([record])
+        state = self._halt(record, grace_s)
         with self.registry.lock():
             return self._mark_ended(record, state, requested=True)
 
+    def _stop_locked(self, records: list[InstanceRecord], grace_s: float) -> list[InstanceRecord]:
+        """Stop instances and wait until they are gone, all under the caller's hold of the lock.
+
+        Each is marked first, so whoever notices an end calls it a stop. Bounded: per instance
+        ``grace_s`` + 10 s (SIGKILL) + 10 s (port) + 15 s (GPU memory)."""
+        marked = self._request_stop_locked(records)
+        return [self._mark_ended(r, self._halt(r, grace_s), requested=True) for r in marked]
+
+    def _request_stop_locked(self, records: list[InstanceRecord]) -> list[InstanceRecord]:
+        marked = []
+        for record in records:
+            record = (self.registry.get(record.id) or record).model_copy(update={"stop_requested": True})
+            self.registry.save(record)
+            marked.append(record)
+        return marked
+
+    def _halt(self, record: InstanceRecord, grace_s: float) -> ProcessState:
+        """End the process and wait until its port and GPU memory are free; touches no record."""
+        state = self.backend(record.backend).stop(record, grace_s)
+        _wait_port_free(record.port, timeout_s=10)
+        _wait_gpu_release(record.pid, timeout_s=15)
+        return state
+
     def switch_model(self, profile_id: str, *, backend: str | None = None, timeout_s: float | None = None,
-               progress: Progress | None = None) -> SwitchResult:
-        """Stop what occupies the target's devices, start the target; on failure restart what was there."""
-        target = self.config.profile(profile_id)
-        live = self.live()
-        for record in live:
-            if record.profile == profile_id and record.status == InstanceStatus.READY:
-                return SwitchResult(stopped=[], started=_view(record))
-        wanted = _devices(target)
-        occupying = [r for r in live if _overlap(wanted, r.visible_devices)]
-        stopped = [_view(self._stop_one(r, 10.0)) for r in occupying]
+                     progress: Progress | None = None) -> SwitchResult:
+        """Stop what occupies the target's devices, start the target; on failure restart what was there.
+
+        One hold of the registry lock covers the decision and the action: reconcile, choose what to
+        stop (live instances whose devices overlap the target's, and any other copy of the target),
+        stop them, claim and launch the target. Only the wait for it to load is outside the lock. So,
+        checkably (``decided_at``, ``launched``, the views' ``started_at``/``ended_at``):
+
+        - when the target is claimed (``launched.started_at``), every other instance overlapping
+          its devices has ended (``ended_at`` earlier) or starts later;
+        - everything in ``stopped`` started before ``decided_at``.
+
+        A ready target means nothing to do; a loading one (another process's start or switch) is
+        kept and waited for. If the target is stopped while it loads (a later switch or a stop
+        took the devices), nothing is rolled back: the devices are someone else's now.
+        """
+        _check_timeout(timeout_s)
+        wanted = _devices(self.config.profile(profile_id))
         try:
-            started = self.start_model(profile_id, backend=backend, timeout_s=timeout_s, progress=progress)
-            return SwitchResult(stopped=stopped, started=started)
-        except LlamaPilotError as exc:
-            restored = []
-            for previous in occupying:
+            launch = self._prepare(profile_id, backend)
+        except LlamaPilotError as exc:  # refused before anything was stopped
+            raise SwitchFailed(SwitchResult(stopped=[], started=None, error=str(exc))) from exc
+        with self.registry.lock():
+            decided_at = time.time()
+            live = self._live_locked()
+            current = _running(live, profile_id)
+            if current is not None and current.status == InstanceStatus.READY:
+                return SwitchResult(stopped=[], started=_view(current), decided_at=decided_at)
+            occupying = [r for r in live if r is not current
+                         and (r.profile == profile_id or _overlap(wanted, r.visible_devices))]
+            # A rollback restores what this switch took away; not what someone else was already
+            # stopping, nor another copy of the target.
+            restorable = [r for r in occupying if not r.stop_requested and r.profile != profile_id]
+            stopped = self._stop_locked(occupying, grace_s=10.0)
+            remaining = [r for r in live if r not in occupying]
+            try:
+                record = current or self._launch_locked(launch, remaining, port=None, timeout_s=timeout_s)
+            except LlamaPilotError as exc:
+                failure: LlamaPilotError | None = exc
+                record = None
+            else:
+                failure = None
+        result = SwitchResult(stopped=[_view(r) for r in stopped], started=None, decided_at=decided_at,
+                              launched=_view(record) if record is not None and record is not current else None)
+        if record is not None:
+            try:
+                result.started = _view(self._wait_ready(record, progress))
+                return result
+            except LlamaPilotError as exc:
+                failure = exc
+        assert failure is not None
+        if isinstance(failure, StartFailed) and failure.stopped_on_request:
+            result.error = f"{failure} Nothing was rolled back: another stop or switch took the devices."
+        else:
+            result.rolled_back, notes = self._roll_back(restorable)
+            result.error = "\n".join([str(failure), *notes])
+        raise SwitchFailed(result) from failure
+
+    def _roll_back(self, stopped: list[InstanceRecord]) -> tuple[list[InstanceView], list[str]]:
+        """Restart what a failed switch stopped, on its old port; returns the ready ones and notes.
+
+        Decided and launched under one hold of the lock, like the switch: one whose devices (or
+        profile) another instance took meanwhile is left stopped, so a rollback never lands on a
+        device someone else now holds."""
+        notes: list[str] = []
+        launched: list[InstanceRecord] = []
+        with self.registry.lock():
+            others = self._live_locked()
+            for previous in stopped:
+                blocker = next((r for r in others if r.profile == previous.profile
+                                or _overlap(previous.visible_devices, r.visible_devices)), None)
+                if blocker is not None:
+                    notes.append(f"{previous.profile} was not restarted: {blocker.profile} ({blocker.id}) now "
+                                 f"runs on its devices")
+                    continue
                 try:
-                    restored.append(self.start_model(previous.profile, backend=previous.backend, port=previous.port))
-                except LlamaPilotError as again:
-                    exc = LlamaPilotError(f"{exc}\nRollback of {previous.profile} also failed: {again}")
-            note = f" Rolled back to {', '.join(v.profile for v in restored)}." if restored else ""
-            raise SwitchFailed(SwitchResult(stopped=stopped, started=None, rolled_back=restored,
-                                            error=f"{exc}{note}")) from exc
+                    launch = self._prepare(previous.profile, previous.backend)
+                    live = others + launched
+                    launched.append(self._launch_locked(launch, live, port=previous.port, timeout_s=None))
+                except LlamaPilotError as exc:
+                    notes.append(f"Rollback of {previous.profile} also failed: {exc}")
+        restored = []
+        for record in launched:
+            try:
+                restored.append(_view(self._wait_ready(record, None)))
+            except LlamaPilotError as exc:
+                notes.append(f"Rollback of {record.profile} also failed: {exc}")
+        if restored:
+            notes.append(f"Rolled back to {', '.join(v.profile for v in restored)}.")
+        return restored, notes
 
     def tail_logs(self, target: str, lines: int = 200) -> "LogTail":
         record = self._latest(target)
@@ -568,6 +738,28 @@ def _keeper_of(pid: int | None) -> tuple[int, str] | None:
     return (parent.pid, head[1]) if len(head) == 2 else None
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """A launch prepared outside the lock: the profile, its backend, model file and engine."""
+
+    profile: Profile
+    backend: str
+    model_path: Path
+    engine: str
+
+
+def _running(live: list[InstanceRecord], profile_id: str) -> InstanceRecord | None:
+    """The live instance of a profile that nobody asked to stop (the newest, should there be two)."""
+    running = [r for r in live if r.profile == profile_id and not r.stop_requested]
+    return max(running, key=lambda r: r.started_at) if running else None
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not 0 < timeout_s <= 86400:
+        raise ValidationError("timeout_s", timeout_s, "must be more than 0 and at most 86400 seconds "
+                              "(leave it out for the default, which grows with the model's size)")
+
+
 class SwitchFailed(LifecycleError):
     def __init__(self, result: SwitchResult) -> None:
         self.result = result
@@ -612,24 +804,16 @@ def _wait_port_free(port: int, timeout_s: float) -> None:
 
 
 def _wait_gpu_release(pid: int | None, timeout_s: float) -> None:
-    """The driver frees memory a moment after the process exits; wait until NVML stops listing it."""
+    """The driver frees memory a moment after the process exits; wait until NVML stops listing it.
+
+    Through monitoring.gpu's one NVML session (no second nvmlInit/nvmlShutdown per stop)."""
     if not pid:
         return
-    try:
-        import pynvml
+    from mcp_server.monitoring.gpu import gpu_pids
 
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no GPU: nothing to wait for
-        return
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            holders = set()
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                holders |= {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
-            if pid not in holders:
-                return
-            time.sleep(0.1)
-    finally:
-        pynvml.nvmlShutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        holders = gpu_pids()
+        if holders is None or pid not in holders:  # None: no driver, no GPU: nothing to wait for
+            return
+        time.sleep(0.1)
