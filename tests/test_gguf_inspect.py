@@ -5,7 +5,7 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from mcp_server.model_files.reader import GGUFFormatError
+from mcp_server.model_files.reader import GGUFFormatError, SkippedArray, read_metadata
 from mcp_server.model_files.layout import read_layout, tensor_kind
 from mcp_server.model_files.synthetic import DenseShape, write_dense, write_sparse_split
 
@@ -29,6 +29,15 @@ def test_tensor_table_matches_the_gguf_package(demo_gguf):
     expected = {t.name: (t.tensor_type.name, [int(d) for d in t.shape], int(t.n_bytes), int(t.data_offset))
                 for t in reader.tensors}
     assert {t.name: (t.type, t.shape, t.bytes, t.offset) for t in ours.tensors} == expected
+
+
+def test_layout_and_metadata_reader_parse_alike(demo_gguf):
+    """One parser: the layout's metadata is read_metadata's, skipped arrays given as their length."""
+    meta = read_metadata(demo_gguf, keep_arrays=lambda key: not key.startswith("tokenizer."))
+    assert (meta.pop("GGUF.version"), meta.pop("GGUF.tensor_count")) == (3, len(read_layout(demo_gguf).tensors))
+    assert isinstance(meta["tokenizer.ggml.tokens"], SkippedArray)
+    expected = {k: v.count if isinstance(v, SkippedArray) else v for k, v in meta.items()}
+    assert read_layout(demo_gguf).metadata == expected
 
 
 def test_gemma3_layout_from_the_demo_model(demo_gguf):

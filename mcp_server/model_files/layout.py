@@ -2,20 +2,19 @@
 
 Reads every shard of a split model. Only the header of each file is read (metadata and tensor
 infos, a few MB even for a 150k-token tokenizer), never tensor data, so a 60 GB model inspects
-in a fraction of a second; the header is read in large blocks and skipped arrays are walked in
-memory rather than with one system call per string.
+in a fraction of a second. Parsing is reader.GGUFHeader's: the header is read in large blocks and
+skipped arrays are walked in memory rather than with one system call per string.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mcp_server.model_files.reader import GGUF_MAGIC, GGUFFormatError, SHARD_RE, shard_paths
+from mcp_server.model_files.reader import SHARD_RE, GGUFFormatError, GGUFHeader, SkippedArray, shard_paths
 
 # ggml type id -> (name, elements per block, bytes per block), as in this llama.cpp build's ggml.c.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -29,69 +28,7 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
 }
 
-_SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
-               12: "<d"}
-_STRING, _ARRAY = 8, 9
-_CHUNK = 8 << 20
-
-
-class _Header:
-    """A file's header read in large blocks; positions are offsets from the start of the file."""
-
-    def __init__(self, f: Any) -> None:
-        self.f = f
-        self.buf = f.read(_CHUNK)
-        self.pos = 0
-
-    def _need(self, n: int) -> None:
-        while self.pos + n > len(self.buf):
-            more = self.f.read(max(_CHUNK, n))
-            if not more:
-                raise GGUFFormatError("file ends inside the GGUF header")
-            self.buf += more
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        size = struct.calcsize(fmt)
-        self._need(size)
-        values = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return values
-
-    def string(self) -> str:
-        (n,) = self.unpack("<Q")
-        self._need(n)
-        text = self.buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
-        self.pos += n
-        return text
-
-    def skip_strings(self, count: int) -> None:
-        for _ in range(count):
-            self._need(8)
-            (n,) = struct.unpack_from("<Q", self.buf, self.pos)
-            self.pos += 8 + n
-        self._need(0)
-
-    def value(self, vtype: int, keep: bool) -> Any:
-        if vtype in _SCALAR_FMT:
-            return self.unpack(_SCALAR_FMT[vtype])[0]
-        if vtype == _STRING:
-            return self.string()
-        if vtype != _ARRAY:
-            raise GGUFFormatError(f"unknown GGUF value type {vtype}")
-        itype, count = self.unpack("<IQ")
-        if itype in _SCALAR_FMT:
-            fmt = _SCALAR_FMT[itype]
-            size = struct.calcsize(fmt) * count
-            self._need(size)
-            values = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, self.pos)) if keep else count
-            self.pos += size
-            return values
-        if itype == _STRING:
-            if keep:
-                return [self.string() for _ in range(count)]
-            self.skip_strings(count)
-            return count
-        raise GGUFFormatError(f"unsupported array element type {itype}")
+_CHUNK = 8 << 20  # the whole header, tensor table included, in one read for all but huge tokenizers
 
 
 def _keep(key: str) -> bool:
@@ -189,19 +126,12 @@ def tensor_bytes(type_id: int, shape: list[int]) -> int:
 
 
 def _read_file(path: Path, shard: int) -> tuple[dict[str, Any], list[TensorInfo], ShardInfo]:
-    with open(path, "rb") as f:
-        h = _Header(f)
-        if h.unpack("<4s")[0] != GGUF_MAGIC:
-            raise GGUFFormatError(f"{path}: not a GGUF file (bad magic)")
-        (version,) = h.unpack("<I")
-        if version < 2:
-            raise GGUFFormatError(f"{path}: GGUF version {version} is too old")
-        n_tensors, n_kv = h.unpack("<QQ")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = h.string()
-            (vtype,) = h.unpack("<I")
-            meta[key] = h.value(vtype, _keep(key))
+    with open(path, "rb", buffering=0) as f:
+        h = GGUFHeader(f, path, block=_CHUNK)
+        n_tensors = h.tensor_count
+        # Skipped arrays (the tokenizer's) are reported by their length.
+        meta = {key: value.count if isinstance(value, SkippedArray) else value
+                for key, value in h.key_values({}, keep_arrays=_keep).items()}
         raw = []
         for _ in range(n_tensors):
             name = h.string()

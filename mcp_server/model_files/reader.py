@@ -1,8 +1,9 @@
-"""Lean GGUF header reading: metadata key/values only, straight from the file, never the tensors.
+"""Lean GGUF header reading: metadata key/values straight from the file, never the tensor data.
 
 The ``gguf`` package's GGUFReader maps and indexes the whole tokenizer (150k-entry arrays in real
 models) before answering anything; here arrays we do not need are skipped by length, so asking a
-60 GB model for its architecture costs a few small reads.
+60 GB model for its architecture costs a few small reads. :class:`GGUFHeader` is the one parser of
+the format: the layout reader (``layout.py``) uses it for the tensor table too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ GGUF_MAGIC = b"GGUF"
 _SCALARS: dict[int, str] = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                             10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -26,46 +28,7 @@ class GGUFFormatError(ValueError):
     """The file is not a GGUF we can read."""
 
 
-def _read(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise GGUFFormatError("file ends inside the GGUF header")
-    return data
-
-
-def _read_str(f: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", _read(f, 8))
-    return _read(f, length).decode("utf-8", errors="replace")
-
-
-def _read_value(f: BinaryIO, vtype: int, keep_arrays: bool) -> Any:
-    if vtype in _SCALARS:
-        fmt = _SCALARS[vtype]
-        return struct.unpack(fmt, _read(f, struct.calcsize(fmt)))[0]
-    if vtype == _STRING:
-        return _read_str(f)
-    if vtype == _ARRAY:
-        (itype,) = struct.unpack("<I", _read(f, 4))
-        (count,) = struct.unpack("<Q", _read(f, 8))
-        if itype in _SCALARS:
-            size = struct.calcsize(_SCALARS[itype])
-            if keep_arrays:
-                raw = _read(f, size * count)
-                return list(struct.unpack(f"<{count}{_SCALARS[itype][1]}", raw))
-            f.seek(size * count, 1)
-            return _Skipped(itype, count)
-        if itype == _STRING:
-            if keep_arrays:
-                return [_read_str(f) for _ in range(count)]
-            for _ in range(count):
-                (length,) = struct.unpack("<Q", _read(f, 8))
-                f.seek(length, 1)
-            return _Skipped(itype, count)
-        raise GGUFFormatError(f"unsupported array element type {itype}")
-    raise GGUFFormatError(f"unknown GGUF value type {vtype}")
-
-
-class _Skipped:
+class SkippedArray:
     """Placeholder for an array that was skipped: its element type and length are kept."""
 
     def __init__(self, itype: int, count: int) -> None:
@@ -76,28 +39,109 @@ class _Skipped:
         return f"<array of {self.count}>"
 
 
+class GGUFHeader:
+    """The start of a GGUF file (magic, version, counts), then its key/values and tensor infos as asked.
+
+    The one GGUF parser: :func:`read_metadata` reads key/values with it, the layout reader also
+    the tensor table that follows. The file is read in blocks, growing from ``block`` bytes, and
+    parsed in memory, so skipping a 150k-entry string array costs no system call per string.
+    ``pos`` is the offset in the file of the next byte to parse.
+    """
+
+    def __init__(self, f: BinaryIO, path: str | Path, *, block: int = 1 << 16) -> None:
+        self._f = f
+        self._buf = f.read(block)
+        self.pos = 0
+        if self.unpack("<4s")[0] != GGUF_MAGIC:
+            raise GGUFFormatError(f"{path}: not a GGUF file (bad magic)")
+        (self.version,) = self.unpack("<I")
+        if self.version < 2:
+            raise GGUFFormatError(f"{path}: GGUF version {self.version} is too old")
+        self.tensor_count, self.kv_count = self.unpack("<QQ")
+
+    def _need(self, n: int) -> None:
+        while self.pos + n > len(self._buf):
+            # Doubling keeps the reads few for a large header and small for a lean one.
+            more = self._f.read(max(len(self._buf), self.pos + n - len(self._buf)))
+            if not more:
+                raise GGUFFormatError("file ends inside the GGUF header")
+            self._buf += more
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        size = struct.calcsize(fmt)
+        self._need(size)
+        values = struct.unpack_from(fmt, self._buf, self.pos)
+        self.pos += size
+        return values
+
+    def string(self) -> str:
+        (n,) = self.unpack("<Q")
+        self._need(n)
+        text = self._buf[self.pos:self.pos + n].decode("utf-8", errors="replace")
+        self.pos += n
+        return text
+
+    def key_values(self, meta: dict[str, Any], *, keep_arrays: Callable[[str], bool] | None = None,
+                   stop_when: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Every key/value into ``meta`` (returned), or up to where ``stop_when(meta)`` is true.
+
+        Arrays become a :class:`SkippedArray` unless ``keep_arrays(key)``. Call it first, once:
+        the key/values follow the counts.
+        """
+        for _ in range(self.kv_count):
+            key = self.string()
+            (vtype,) = self.unpack("<I")
+            meta[key] = self._value(vtype, bool(keep_arrays and keep_arrays(key)))
+            if stop_when and stop_when(meta):
+                break
+        return meta
+
+    def _value(self, vtype: int, keep: bool) -> Any:
+        if vtype in _SCALARS:
+            return self.unpack(_SCALARS[vtype])[0]
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise GGUFFormatError(f"unknown GGUF value type {vtype}")
+        itype, count = self.unpack("<IQ")
+        if itype in _SCALARS:
+            fmt = _SCALARS[itype]
+            size = struct.calcsize(fmt) * count
+            self._need(size)
+            values = list(struct.unpack_from(f"<{count}{fmt[1]}", self._buf, self.pos)) if keep else None
+            self.pos += size
+            return values if keep else SkippedArray(itype, count)
+        if itype == _STRING:
+            if keep:
+                return [self.string() for _ in range(count)]
+            self._skip_strings(count)
+            return SkippedArray(itype, count)
+        raise GGUFFormatError(f"unsupported array element type {itype}")
+
+    def _skip_strings(self, count: int) -> None:
+        # The hot loop of a tokenizer (150k strings): locals, and the buffer checked only near its end.
+        buf, pos, length = self._buf, self.pos, _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > len(buf):
+                self.pos = pos
+                self._need(8)
+                buf = self._buf
+            pos += 8 + length(buf, pos)[0]
+        self.pos = pos
+        self._need(0)
+
+
 def read_metadata(path: str | Path, *, keep_arrays: Callable[[str], bool] | None = None,
                   stop_when: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
-    """Metadata key/values of one GGUF file.
+    """Metadata key/values of one GGUF file, after ``GGUF.version`` and ``GGUF.tensor_count``.
 
     Arrays are skipped (replaced by a placeholder with their length) unless ``keep_arrays(key)``
     says otherwise; ``stop_when(meta)`` ends reading early once the caller has what it needs.
     """
-    with open(path, "rb", buffering=1 << 16) as f:
-        if _read(f, 4) != GGUF_MAGIC:
-            raise GGUFFormatError(f"{path}: not a GGUF file (bad magic)")
-        (version,) = struct.unpack("<I", _read(f, 4))
-        if version < 2:
-            raise GGUFFormatError(f"{path}: GGUF version {version} is too old")
-        _n_tensors, n_kv = struct.unpack("<QQ", _read(f, 16))
-        meta: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": _n_tensors}
-        for _ in range(n_kv):
-            key = _read_str(f)
-            (vtype,) = struct.unpack("<I", _read(f, 4))
-            meta[key] = _read_value(f, vtype, bool(keep_arrays and keep_arrays(key)))
-            if stop_when and stop_when(meta):
-                break
-        return meta
+    with open(path, "rb", buffering=0) as f:
+        header = GGUFHeader(f, path)
+        meta: dict[str, Any] = {"GGUF.version": header.version, "GGUF.tensor_count": header.tensor_count}
+        return header.key_values(meta, keep_arrays=keep_arrays, stop_when=stop_when)
 
 
 def architecture(path: str | Path) -> str | None:
