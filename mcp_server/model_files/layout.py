@@ -14,19 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mcp_server.model_files.ggml_types import GGML_TYPES, tensor_bytes
 from mcp_server.model_files.reader import SHARD_RE, GGUFFormatError, GGUFHeader, SkippedArray, shard_paths
-
-# ggml type id -> (name, elements per block, bytes per block), as in this llama.cpp build's ggml.c.
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 36), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18), 42: ("Q2_0", 64, 18),
-}
 
 _CHUNK = 8 << 20  # the whole header, tensor table included, in one read for all but huge tokenizers
 
@@ -111,18 +100,6 @@ def tensor_kind(name: str) -> str:
     if part.startswith("ffn_"):
         return "ffn_dense"
     return "other"
-
-
-def tensor_bytes(type_id: int, shape: list[int]) -> int:
-    if type_id not in GGML_TYPES:
-        raise GGUFFormatError(f"tensor type {type_id} is unknown to this reader")
-    name, block, size = GGML_TYPES[type_id]
-    if shape[0] % block:
-        raise GGUFFormatError(f"a {name} row of {shape[0]} elements is not a whole number of {block}-element blocks")
-    n = shape[0] // block * size
-    for dim in shape[1:]:
-        n *= dim
-    return n
 
 
 def _read_file(path: Path, shard: int) -> tuple[dict[str, Any], list[TensorInfo], ShardInfo]:

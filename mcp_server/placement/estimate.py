@@ -18,7 +18,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import ValidationError
-from mcp_server.model_files.layout import GGML_TYPES, GGUFInspection
+from mcp_server.model_files.ggml_types import BLOCKS_BY_NAME
+from mcp_server.model_files.layout import GGUFInspection
 
 MIB = 1024 * 1024
 CPU = -1
@@ -174,7 +175,7 @@ def _buft_device(buft: str, n_gpus: int) -> int:
 def cuda_alloc_bytes(type_name: str, shape: list[int], nbytes: int) -> int:
     """What the CUDA backend allocates for a weight: one row of padding up to a multiple of 512
     elements for quantized types (ggml-cuda's MATRIX_ROW_PADDING), then 128-byte alignment."""
-    block, size = next(((b, sz) for n, b, sz in GGML_TYPES.values() if n == type_name), (1, 0))
+    block, size = BLOCKS_BY_NAME.get(type_name, (1, 0))
     if block > 1 and shape[0] % 512:
         nbytes += (512 - shape[0] % 512) // block * size
     return -(-nbytes // 128) * 128
