@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mcp_server.placement.estimate import (
+    KV_TYPES,
     Settings,
     cuda_alloc_bytes,
     estimate,
@@ -12,7 +13,7 @@ from mcp_server.placement.estimate import (
     settings_from_argv,
 )
 from mcp_server.model_files.layout import read_layout
-from mcp_server.profiles.config import load_config
+from mcp_server.profiles.config import KV_CACHE_TYPES, load_config
 from mcp_server.profiles.edits import create_profile, update_profile
 from mcp_server.runtime.lifecycle import Runtime
 from mcp_server.model_files.synthetic import DenseShape, write_dense, write_sparse_split
@@ -34,6 +35,12 @@ def test_layer_devices_follow_llama_cpp(n_layer, ngl, split, expected):
 def test_cuda_padding_and_alignment():
     assert cuda_alloc_bytes("Q8_0", [576, 32768], 576 // 32 * 34 * 32768) == 20054528
     assert cuda_alloc_bytes("F16", [100, 3], 600) == 640  # no row padding for float types, 128-B aligned
+
+
+def test_kv_cache_types_are_the_profile_choices_sized_by_ggml():
+    assert tuple(KV_TYPES) == KV_CACHE_TYPES
+    assert KV_TYPES == {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q5_1": (32, 24),
+                        "q5_0": (32, 22), "q4_1": (32, 20), "q4_0": (32, 18), "iq4_nl": (32, 18)}
 
 
 def test_settings_from_argv_last_flag_wins_and_moe_expansion():

@@ -20,14 +20,13 @@ from pydantic import BaseModel, Field
 from mcp_server.errors import ValidationError
 from mcp_server.model_files.ggml_types import BLOCKS_BY_NAME
 from mcp_server.model_files.layout import GGUFInspection
+from mcp_server.profiles.config import KV_CACHE_TYPES
 
 MIB = 1024 * 1024
 CPU = -1
 
-# Bytes per element of KV cache types (block size 32 for the quantized ones).
-KV_TYPES: dict[str, tuple[int, int]] = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34),
-                                        "q5_1": (32, 24), "q5_0": (32, 22), "q4_1": (32, 20), "q4_0": (32, 18),
-                                        "iq4_nl": (32, 18)}
+# KV cache type -> (elements per block, bytes per block): the profile's cache types, sized by ggml.
+KV_TYPES: dict[str, tuple[int, int]] = {name: BLOCKS_BY_NAME[name.upper()] for name in KV_CACHE_TYPES}
 EXPS_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # Runtime memory llama.cpp does not log (CUDA context, cuBLAS workspace, memory pool) per GPU:
 # NVML per-process memory minus the logged buffers after the first prompt, on H200s with build
