@@ -109,9 +109,9 @@ GROUPS = {"one": lambda c: c[2] == ONE, "two": lambda c: c[2] == TWO and c[3] is
 
 
 def nvml_gpus() -> list[Any]:
-    from mcp_server.monitoring.gpu import read_gpus
+    from mcp_server.monitoring.gpu import gpu_stats
 
-    return read_gpus().in_cuda_order()
+    return gpu_stats().in_cuda_order()
 
 
 def process_mib(pid: int | None, visible: list[int]) -> dict[str, int]:
@@ -205,7 +205,7 @@ def long_prompt(n_words: int) -> str:
 
 def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) -> None:
     from mcp_server.runtime.server_api import chat
-    from mcp_server.placement.operations import estimate_profile, plan
+    from mcp_server.placement.operations import estimate_fit, plan_placement
     from mcp_server.profiles.config import load_config
     from mcp_server.profiles.edits import create_profile
     from mcp_server.runtime.lifecycle import Runtime
@@ -222,7 +222,7 @@ def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) 
         values = dict(values)
         planned = None
         if "PLAN" in values:
-            planned = plan(models[model][0], int(values.pop("PLAN")), declared, config=None)
+            planned = plan_placement(None, str(models[model][0]), int(values.pop("PLAN")), declared, agent=False)
             values.update(planned.plan.settings)
         if planned is not None and "VISIBLE_DEVICES" in planned.plan.settings:
             visible_text = planned.plan.settings["VISIBLE_DEVICES"]  # the plan runs on one GPU alone
@@ -230,7 +230,7 @@ def run_config(work: Path, models: dict[str, list[Path]], cfg: tuple, out: Any) 
         values.update({"MODEL": model_rel, "VISIBLE_DEVICES": visible_text})
         create_profile(load_config(conf), cid, values)
         config = load_config(conf)
-        predicted = estimate_profile(config, cid, declared)
+        predicted = estimate_fit(config, cid, declared)
         runtime = Runtime(config)
         row: dict[str, Any] = {"id": cid, "model": model, "visible": visible_text, "budget_mib": budget,
                                "free_mib": free, "values": values, "planned": planned is not None}

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mcp_server.placement.estimate import estimate, settings_from_argv  # noqa: E402
 from mcp_server.model_files.layout import read_layout  # noqa: E402
-from mcp_server.monitoring.gpu import read_gpus  # noqa: E402
+from mcp_server.monitoring.gpu import gpu_stats  # noqa: E402
 from mcp_server.runtime.server_api import chat  # noqa: E402
 from mcp_server.profiles.config import load_config
 from mcp_server.profiles.edits import create_profile
@@ -44,7 +44,7 @@ CONFIGS = [
 
 
 def process_mib(pid: int | None) -> dict[str, int]:
-    report = read_gpus()
+    report = gpu_stats()
     return {f"CUDA{g.cuda_index if g.cuda_index is not None else g.nvml_index}": p.used_mib
             for g in report.gpus for p in g.processes if p.pid == pid and p.used_mib is not None}
 
@@ -72,7 +72,7 @@ def main() -> None:
         configs = CONFIGS
     conf = work / "models.conf"
     conf.write_text("[global]\nMODELS_DIR=models\nFIT=off\n")
-    capacity = [g.memory_total_mib for g in read_gpus().gpus]
+    capacity = [g.memory_total_mib for g in gpu_stats().gpus]
     info = read_layout(models / "dense.gguf")
     with open(args.out, "w") as out:
         for i, values in enumerate(configs):

@@ -2,7 +2,7 @@
 
 Launches ``python -m mcp_server --config CONF`` as a subprocess through the SDK's stdio client
 (what Claude Code does), times the server's start-up to the first answered ``tools/list``, then
-times ``--calls`` (100) sequential calls each of ``list_models`` and ``gpu_stats``: p50, p90 and
+times ``--calls`` (100) sequential calls each of ``list_profiles`` and ``gpu_stats``: p50, p90 and
 max in milliseconds, measured in the client around ``call_tool`` (JSON-RPC over pipes, the
 server's validation, the tool and its structured result).
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mcp_server.bench.manifest import machine_summary  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TOOLS = ("list_models", "gpu_stats")
+TOOLS = ("list_profiles", "gpu_stats")
 
 
 def _percentile(values: list[float], q: float) -> float:

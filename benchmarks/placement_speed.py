@@ -96,7 +96,7 @@ def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 
             except Exception as exc:  # noqa: BLE001 - running out of memory here is the result
                 row["full_context"] = {"ok": False, "error": str(exc)[:300]}
             row["nvml_after_full_mib"] = process_mib(view.pid, [0, 1])
-            row["alive_after_full"] = any(v.status == "ready" for v in runtime.status() if v.id == view.id)
+            row["alive_after_full"] = any(v.status == "ready" for v in runtime.status().instances if v.id == view.id)
         row["logged"] = runtime.load_report(pid).total_by_device_mib
     finally:
         runtime.stop_model(view.id)
@@ -105,7 +105,7 @@ def measure(runtime: Any, pid: str, reps: int, full: bool, warmup_tokens: int = 
 
 def run(args: argparse.Namespace) -> None:
     from mcp_server.model_files.layout import read_layout
-    from mcp_server.placement.operations import plan
+    from mcp_server.placement.operations import plan_placement
     from mcp_server.profiles.config import load_config
     from mcp_server.profiles.edits import create_profile
     from mcp_server.runtime.lifecycle import Runtime
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     conf = work / "models.conf"
     conf.write_text("[global]\nMODELS_DIR=models\n")
     declared = ",".join(f"{b}MiB" for b in BUDGET)
-    planned = plan(paths[0], CTX, declared, reserve_mib=args.reserve)
+    planned = plan_placement(None, str(paths[0]), CTX, declared, reserve_mib=args.reserve, agent=False)
     placements = {
         "planner": planned.plan.settings,
         "planner-pinned": {**planned.plan.settings, "LOAD_MODE": "none"},

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mcp_server.monitoring.gpu import FakeNvml, read_gpus  # noqa: E402
+from mcp_server.monitoring.gpu import FakeNvml, gpu_stats  # noqa: E402
 from mcp_server.bench.manifest import machine_summary  # noqa: E402
 from mcp_server.monitoring.sampler import Sampler  # noqa: E402
 
@@ -84,7 +84,7 @@ def describe_gpus(result: dict[str, object]) -> str:
         return "2 simulated (4090 + 5070 Ti)"
     if not result["gpus"]:
         return "none here (no NVIDIA driver)"
-    report = read_gpus(instances=[])
+    report = gpu_stats(instances=[])
     names = sorted({g.name or "?" for g in report.gpus})
     return f"{result['gpus']} x {', '.join(names)}"
 

@@ -1,19 +1,44 @@
-"""Every error llama-pilot raises on purpose.
+"""Every error llama-pilot raises on purpose, each with a stable ``code``.
 
-    LlamaPilotError                 base: its message is written for the person or agent reading it
-    ├── ConfigError                 models.conf cannot be read or used
-    │   ├── ConfParseError          a line breaks the format (file, line, reason)
-    │   ├── ConfConflictError       the file changed on disk since it was read; nothing written
-    │   └── ProfileNotFound         no active profile with that id
-    ├── ValidationError             a value is of the wrong kind (key, value, reason)
-    ├── EngineError                 llama-server is missing, too old, or will not build
-    │   ├── EngineNotFound          no binary anywhere we look (says how to build one)
-    │   └── EngineBuildError        a build step failed (step name, log path)
-    ├── DemoModelError              the demo GGUF cannot be installed or verified
-    └── StorageError                a file or folder cannot be written (read-only, full, no permission)
+The code is what a program or an agent matches on (it never changes once released); the message is
+written for the person or agent reading it and says what to do next. Codes in brackets:
 
-The front doors (CLI, MCP) translate this tree once each; nothing else is shown to users
-as-is, so an unexpected exception is a bug, not a message.
+    LlamaPilotError [error]                       base
+    ├── ConfigError [config]                      models.conf cannot be read or used
+    │   ├── ConfParseError [config-parse]         a line breaks the format (file, line, reason)
+    │   ├── ConfConflictError [config-changed]    the file changed on disk since it was read; nothing written
+    │   └── ProfileNotFound [profile-not-found]   no active profile with that id
+    ├── ValidationError [invalid-value]           a value is of the wrong kind (key, value, reason)
+    ├── ModelFileError [model-file]               a GGUF file is missing, unreadable or not a GGUF
+    │   └── GGUFFormatError [bad-gguf]            the bytes break the GGUF format (model_files.reader)
+    ├── EngineError [engine]                      llama-server is missing, too old, or will not build
+    │   ├── EngineNotFound [engine-not-found]     no binary anywhere we look (says how to build one)
+    │   ├── EngineBuildError [engine-build-failed] a build step failed (step name, log path)
+    │   └── BuildCancelled [build-cancelled]      the client stopped waiting for a build (server.host_tools)
+    ├── LifecycleError [lifecycle]                starting, stopping, switching (runtime.lifecycle)
+    │   ├── AlreadyRunning [already-running]
+    │   ├── NotRunning [not-running]
+    │   ├── StartRefused [<cause>]                refused before launch: model-missing, ... (class: start-refused)
+    │   │   └── PortInUse [port-in-use]
+    │   ├── StartFailed [<cause>]                 launched, never ready: oom, crashed, timeout, ... (class: start-failed)
+    │   ├── SwitchFailed [switch-failed]          the target did not start (rolled back)
+    │   └── ForeignServer [foreign-server]        an unmanaged server that is not this home's
+    ├── DockerError [docker]                      (runtime.containers)
+    │   ├── DockerUnavailable [docker-unavailable]
+    │   └── DockerImageMissing [docker-image-missing]
+    ├── DockerImageError [docker-image]           the local image cannot be built (runtime.docker_image)
+    ├── BenchError [bench]                        a benchmark cannot run or failed (bench)
+    │   ├── BenchCancelled [bench-cancelled]
+    │   └── DatasetMissing [dataset-missing]
+    ├── JobError [job]                            a background job id is unknown or cannot start (bench.jobs)
+    ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
+    └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
+
+StartRefused and StartFailed take their code from the diagnosis cause (``model-missing``, ``oom``,
+``port-in-use``, ``crashed``...; the list is ``runtime.registry.Diagnosis``). The front doors
+translate this tree once each (``server.conventions.tool_errors``, ``cli.main.cli_errors``); an
+exception outside it is a bug, not a message. ``tests/test_errors.py`` checks that this drawing
+names every subclass and that codes are unique.
 """
 
 from __future__ import annotations
@@ -27,13 +52,19 @@ from pathlib import Path
 class LlamaPilotError(Exception):
     """Base class: the message is complete and says what to do next."""
 
+    code: str = "error"
+
 
 class ConfigError(LlamaPilotError):
     """models.conf cannot be read or used."""
 
+    code = "config"
+
 
 class ConfParseError(ConfigError):
     """A line of models.conf breaks the format."""
+
+    code = "config-parse"
 
     def __init__(self, path: Path | str | None, line: int, reason: str) -> None:
         self.path = str(path) if path is not None else "<text>"
@@ -45,9 +76,13 @@ class ConfParseError(ConfigError):
 class ConfConflictError(ConfigError):
     """The file changed on disk after it was read; saving would lose someone's edit."""
 
+    code = "config-changed"
+
 
 class ProfileNotFound(ConfigError):
     """No active profile has this id."""
+
+    code = "profile-not-found"
 
     def __init__(self, profile: str, known: list[str]) -> None:
         self.profile = profile
@@ -58,6 +93,8 @@ class ProfileNotFound(ConfigError):
 
 class ValidationError(LlamaPilotError):
     """A value given for a key is not acceptable."""
+
+    code = "invalid-value"
 
     def __init__(self, key: str, value: object, reason: str, where: str = "") -> None:
         self.key = key
@@ -70,13 +107,19 @@ class ValidationError(LlamaPilotError):
 class EngineError(LlamaPilotError):
     """llama-server cannot be found, run or built."""
 
+    code = "engine"
+
 
 class EngineNotFound(EngineError):
     """No llama-server binary in any place we look."""
 
+    code = "engine-not-found"
+
 
 class EngineBuildError(EngineError):
     """A step of the engine build failed; the log is kept."""
+
+    code = "engine-build-failed"
 
     def __init__(self, step: str, log_path: Path, detail: str = "") -> None:
         self.step = step
@@ -85,8 +128,22 @@ class EngineBuildError(EngineError):
         super().__init__(f"engine build failed during {step!r}; full log: {log_path}{tail}")
 
 
+class ModelFileError(LlamaPilotError):
+    """A model file (GGUF) is missing, unreadable, or not what its name says."""
+
+    code = "model-file"
+
+
+class GGUFFormatError(ModelFileError, ValueError):
+    """The bytes break the GGUF format: bad magic, too old, truncated header, unknown types."""
+
+    code = "bad-gguf"
+
+
 class DemoModelError(LlamaPilotError):
     """The demo model cannot be installed or does not verify."""
+
+    code = "demo-model"
 
 
 class StorageError(LlamaPilotError):
@@ -94,6 +151,8 @@ class StorageError(LlamaPilotError):
 
     The message names the path, what was being done and the fix, so a read-only home or a full disk
     reads as one sentence instead of a traceback."""
+
+    code = "storage"
 
     def __init__(self, path: Path | str, action: str, reason: str, fix: str) -> None:
         self.path = str(path)

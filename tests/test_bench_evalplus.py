@@ -79,7 +79,7 @@ def test_limit_5_end_to_end_with_bench_profile_created_on_request(demo_project, 
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == f"{he:.1f}%" and cells[3] == f"{hep:.1f}%" and cells[6] == "5/164 (subset)"
     assert Path(report.chart).is_file() and f"({Path(report.chart).name})" in text
-    assert not [v for v in Runtime(config).status() if v.status in ("loading", "ready")]  # stopped again
+    assert not [v for v in Runtime(config).status().instances if v.status in ("loading", "ready")]  # stopped again
 
 
 def test_interrupted_run_resumes_without_regenerating(demo_project, engine_path, mini, tmp_path):
@@ -127,5 +127,5 @@ def test_tasks_subset_and_report_from_cli(demo_project, engine_path, mini, tmp_p
     (run,) = payload["runs"]
     assert run["problems"] == 2 and Path(payload["report"]).is_file()
     assert [r["task_id"] for r in read_jsonl(Path(run["run_dir"]) / "samples.jsonl")] == ["HumanEval/2", "HumanEval/7"]
-    listed = runner.invoke(cli, ["bench", "results", "--results", str(results), "--json"])
+    listed = runner.invoke(cli, ["bench-results", "--results", str(results), "--json"])
     assert re.search(r'"status": "done"', listed.stdout)

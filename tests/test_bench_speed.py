@@ -60,7 +60,7 @@ def test_speed_numbers_manifest_and_update_profile(demo_project: Path, demo_gguf
     assert load_config(demo_project).profile("demo").speed == run.speed_label
 
     # the benchmark started the model, so it stopped it again
-    assert not [v for v in Runtime(load_config(demo_project)).status() if v.status in ("loading", "ready")]
+    assert not [v for v in Runtime(load_config(demo_project)).status().instances if v.status in ("loading", "ready")]
 
 
 def test_speed_skips_cases_longer_than_a_slot(demo_project: Path, engine_path: str, tmp_path: Path):
@@ -71,6 +71,6 @@ def test_speed_skips_cases_longer_than_a_slot(demo_project: Path, engine_path: s
                         concurrency=[1], results=tmp_path / "results")
         assert [c.prompt_tokens for c in run.cases] == [16]
         assert run.skipped and "4096" in run.skipped[0] and "context per slot" in run.skipped[0]
-        assert [v.status for v in runtime.status() if v.profile == "demo"] == ["ready"]
+        assert [v.status for v in runtime.status().instances if v.profile == "demo"] == ["ready"]
     finally:
         runtime.stop_model("all", grace_s=3)

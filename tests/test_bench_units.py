@@ -15,7 +15,7 @@ from mcp_server.bench.clientconf import EVALPLUS_SYSTEM_PROMPT, client_settings
 from mcp_server.bench.evalplus_run import (BenchError, bench_profile_values, create_bench_profile, printed_pass_at_1,
                                            resolve_bench_profile, scores_from_eval_results)
 from mcp_server.bench.report import write_report
-from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.lint import lint_profiles
 from mcp_server.profiles.config import load_config
 
 from .conftest import REPO
@@ -57,7 +57,7 @@ def test_create_bench_profile_writes_a_valid_section(write_conf):
     config = load_config(path)
     bench = config.profile("bench-qwen")
     assert bench.is_bench and bench.get("TEMP") is None
-    assert not [f for f in lint_config(config, "bench-qwen") if f.code == "bench-samplers" and "TEMP" in f.message]
+    assert not [f for f in lint_profiles(config, "bench-qwen").findings if f.code == "bench-samplers" and "TEMP" in f.message]
     with pytest.raises(BenchError, match="already a bench profile"):
         create_bench_profile(config, "bench-qwen")
 

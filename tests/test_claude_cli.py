@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from mcp_server.setup.claude import bundled_files
 from mcp_server.cli.main import cli
+from mcp_server.cli.verbs import VERBS
 
 REPO = Path(__file__).resolve().parent.parent
 AGENTS = ("gpu-optimizer", "model-manager", "benchmark", "diagnose", "doc-keeper")
@@ -50,7 +51,7 @@ def _tool_names() -> set[str]:
 
 def test_skill_and_agents_name_only_real_tools():
     files = bundled_files()
-    tools = _tool_names() | {"estimate_fit", "plan_placement"}  # the placement tools are registered separately
+    tools = _tool_names()
     assert set(files) == {"skills/add-model/SKILL.md", *(f"agents/{a}.md" for a in AGENTS)}
     for rel, data in files.items():
         text = data.decode()
@@ -138,28 +139,14 @@ def test_wheel_ships_skill_and_agents(tmp_path):
 
 # --- the CLI mirror ---------------------------------------------------------------------------
 
-# Every MCP tool, and the command that does the same thing.
-TOOL_COMMANDS = {
-    "list_models": ["list-models"], "get_model": ["get-model"], "lint_models": ["lint-models"],
-    "create_model": ["create-model"], "update_model": ["update-model"], "retire_model": ["retire-model"],
-    "list_local_models": ["list-local-models"], "inspect_gguf": ["inspect-gguf"], "diagnose": ["diagnose"],
-    "test_completion": ["test-completion"], "start_model": ["start-model"], "stop_model": ["stop-model"],
-    "switch_model": ["switch-model"], "status": ["status"], "tail_logs": ["tail-logs"],
-    "load_report": ["load-report"], "gpu_stats": ["gpu-stats"], "system_stats": ["system-stats"],
-    "run_benchmark": ["bench", "speed"], "get_job": ["bench", "jobs"], "list_jobs": ["bench", "jobs"],
-    "cancel_job": ["bench", "cancel"], "bench_results": ["bench", "results"],
-    "estimate_fit": ["estimate-fit"], "plan_placement": ["plan-placement"], "build_engine": ["build-engine"],
-    "calibrate": ["calibrate"],
-}
-
-
 def test_every_tool_has_a_command():
+    """Each tool's command is its name with dashes (cli/verbs.py), and takes --json."""
     tools = _tool_names()
-    assert tools <= set(TOOL_COMMANDS), f"tools without a command in this table: {tools - set(TOOL_COMMANDS)}"
-    for tool in tools:
-        result = CliRunner().invoke(cli, [*TOOL_COMMANDS[tool], "--help"])
-        assert result.exit_code == 0, (tool, result.output)
-        assert "--json" in result.output, tool
+    assert tools == {v.tool for v in VERBS}
+    for verb in VERBS:
+        result = CliRunner().invoke(cli, [verb.command, "--help"])
+        assert result.exit_code == 0, (verb.tool, result.output)
+        assert "--json" in result.output, verb.tool
 
 
 def test_new_commands_json_and_exit_codes(write_conf):
@@ -168,12 +155,12 @@ def test_new_commands_json_and_exit_codes(write_conf):
     conf = write_conf("[global]\nMODELS_DIR=models\n\n[alpha]\nMODEL=a.gguf\nTEMP=0.7\n")
     write_dense(conf.parent / "models" / "t" / "tiny.gguf", DenseShape(), seed=2)
     c = str(conf)
-    local = json.loads(run("--config", c, "list-local-models", "--json").output)
-    assert [m["path"] for m in local["models"]] == ["t/tiny.gguf"]
-    assert "t/tiny.gguf" in run("--config", c, "list-local-models").output
-    info = json.loads(run("--config", c, "inspect-gguf", "t/tiny.gguf", "--json").output)
+    local = json.loads(run("--config", c, "list-model-files", "--json").output)
+    assert [m["path"] for m in local["files"]] == ["t/tiny.gguf"]
+    assert "t/tiny.gguf" in run("--config", c, "list-model-files").output
+    info = json.loads(run("--config", c, "inspect-model-file", "t/tiny.gguf", "--json").output)
     assert info["architecture"] == "llama" and info["relative_path"] == "t/tiny.gguf"
-    assert run("--config", c, "inspect-gguf", "../models.conf").exit_code == 1
+    assert run("--config", c, "inspect-model-file", "../models.conf").exit_code == 1
     report = json.loads(run("--config", c, "diagnose", "alpha", "--json").output)
     assert report["findings"][0]["code"] == "model-missing"
     assert "will not start" in run("--config", c, "diagnose", "alpha").output
@@ -181,13 +168,13 @@ def test_new_commands_json_and_exit_codes(write_conf):
     failed = run("--config", c, "test-completion", "alpha")
     assert failed.exit_code == 1 and "not ready" in failed.output
     assert run("--config", c, "test-completion").exit_code == 2
-    dry = json.loads(run("--config", c, "update-model", "alpha", "CTX_SIZE=1024", "--unset", "TEMP", "--dry-run",
+    dry = json.loads(run("--config", c, "update-profile", "alpha", "CTX_SIZE=1024", "--unset", "TEMP", "--dry-run",
                          "--json").output)
     assert "+CTX_SIZE=1024" in dry["diff"] and "-TEMP=0.7" in dry["diff"]
-    assert run("--config", c, "update-model", "alpha").exit_code == 2
-    assert run("--config", c, "update-model", "alpha", "PORT=8080 --foo").exit_code == 1
-    assert run("--config", c, "update-model", "alpha", "MODEL=x.gguf --rpc evil").exit_code == 1
-    assert run("--config", c, "update-model", "alpha", "CTX_SIZE=1024").exit_code == 0
+    assert run("--config", c, "update-profile", "alpha").exit_code == 2
+    assert run("--config", c, "update-profile", "alpha", "PORT=8080 --foo").exit_code == 1
+    assert run("--config", c, "update-profile", "alpha", "MODEL=x.gguf --rpc evil").exit_code == 1
+    assert run("--config", c, "update-profile", "alpha", "CTX_SIZE=1024").exit_code == 0
     assert "CTX_SIZE=1024" in conf.read_text()
 
 

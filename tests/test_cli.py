@@ -35,10 +35,11 @@ def test_list_table_and_json(write_conf):
     table = run("--config", conf, "list")
     assert table.exit_code == 0
     assert "alpha" in table.output and "128K" in table.output and "MISSING" in table.output
-    data = json.loads(run("--config", conf, "list", "--json").output)
+    data = json.loads(run("--config", conf, "list", "--json").output)["profiles"]
     assert [m["profile"] for m in data] == ["alpha", "bench-alpha"]
     assert data[0]["ctx_size"] == 131072 and data[0]["file_present"] is False and data[1]["is_bench"] is True
-    assert [m["profile"] for m in json.loads(run("--config", conf, "list", "--no-bench", "--json").output)] == ["alpha"]
+    listed = json.loads(run("--config", conf, "list-profiles", "--no-bench", "--json").output)["profiles"]
+    assert [m["profile"] for m in listed] == ["alpha"]
 
 
 def test_args_prints_one_argument_per_line(write_conf):
@@ -64,7 +65,7 @@ def test_set_unset_retire_round_trip(write_conf):
     result = run("--config", str(conf), "set", "alpha", "SPEED=~12 t/s", "TOP_K=20")
     assert result.exit_code == 0 and "+SPEED=~12 t/s" in result.output and "+TOP_K=20" in result.output
     assert "TOP_K=20" in conf.read_text()
-    assert run("--config", str(conf), "unset", "alpha", "TOP_K").exit_code == 0
+    assert run("--config", str(conf), "update-profile", "alpha", "--unset", "TOP_K").exit_code == 0
     assert "TOP_K" not in conf.read_text()
     edit = json.loads(run("--config", str(conf), "retire", "bench-alpha", "--note", "old", "--json").output)
     assert edit["changed"] and "# [bench-alpha]" in conf.read_text()
@@ -84,7 +85,8 @@ def test_lint_exit_code_follows_errors(write_conf):
     conf = write_conf(CONF)
     result = CliRunner().invoke(cli, ["--config", str(conf), "lint", "--json"])
     assert result.exit_code == 1
-    assert {f["code"] for f in json.loads(result.output)} == {"model-missing"}
+    report = json.loads(result.output)
+    assert {f["code"] for f in report["findings"]} == {"model-missing"} and report["errors"] == len(report["findings"])
     (conf.parent / "models" / "a.gguf").write_bytes(b"GGUF" + (3).to_bytes(4, "little") + bytes(16))
     assert CliRunner().invoke(cli, ["--config", str(conf), "lint"]).exit_code == 0
 
@@ -93,4 +95,4 @@ def test_console_script_and_module_are_the_same_command(write_conf):
     conf = str(write_conf(CONF))
     via_module = subprocess.run([sys.executable, "-m", "mcp_server", "cli", "--config", conf, "list", "--json"],
                                 capture_output=True, text=True, check=True)
-    assert json.loads(via_module.stdout)[0]["profile"] == "alpha"
+    assert json.loads(via_module.stdout)["profiles"][0]["profile"] == "alpha"

@@ -18,7 +18,7 @@ from mcp_server.profiles.conffile import (
     Section,
     unified_diff,
 )
-from mcp_server.errors import ConfConflictError, ConfParseError
+from mcp_server.errors import ConfConflictError, ConfParseError, ProfileNotFound, ValidationError
 
 # --------------------------------------------------------------------------- generated documents
 
@@ -306,13 +306,13 @@ def test_set_new_key_goes_after_last_key_with_dominant_ending():
 
 def test_set_validates_input():
     doc = ConfDocument.parse("[a]\nX=1\n")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         doc.set("a", "bad key", "1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         doc.set("a", "X", "two\nlines")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):
         doc.set("a", "X", "cr\r")
-    with pytest.raises(KeyError):
+    with pytest.raises(ProfileNotFound):
         doc.set("nope", "X", "1")
     assert doc.render() == "[a]\nX=1\n"
 
@@ -323,7 +323,7 @@ def test_unset():
     assert doc.unset("a", "X") is False
     assert doc.render() == "[a]\nY=2\n[b]\nX=3\n"
     assert doc.section("b").line == 3
-    with pytest.raises(KeyError):
+    with pytest.raises(ProfileNotFound):
         doc.unset("zzz", "X")
 
 
@@ -352,7 +352,7 @@ def test_add_section_rejects_bad_input():
         lambda: doc.add_section("b", {"X": "a\nb"}),
         lambda: doc.add_section("b", {}, comments=["two\nlines"]),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValidationError):
             bad()
     assert doc.render() == "[a]\nX=1\n"
 
@@ -367,7 +367,7 @@ def test_retire_section_only_touches_its_header_and_keys():
     )
     assert doc.ids() == ["b"]
     assert [(s.id, s.line) for s in doc.retired()] == [("a", 2)]
-    with pytest.raises(KeyError):
+    with pytest.raises(ProfileNotFound):
         doc.retire_section("a")
 
 

@@ -117,7 +117,7 @@ def live_profiles() -> list[str]:
 
 @pytest.mark.engine
 def test_picker_start_logs_switch_rollback_stop_quit(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mcp_server.dashboard.app import Dashboard, MainScreen, Panel, PickerScreen
+    from mcp_server.dashboard.app import Dashboard, MainScreen, Panel
 
     fake = fake_gpus()
     app = Dashboard(load_config(project), sampler=sampler_with_history(fake), interval_s=0.3)
@@ -175,8 +175,8 @@ def test_picker_start_logs_switch_rollback_stop_quit(project: Path, monkeypatch:
             await pilot.press("m")
             await picker_shown(pilot)
             gate = threading.Event()
-            real_switch = Runtime.switch
-            monkeypatch.setattr(Runtime, "switch", lambda self, *a, **k: gate.wait(30) and real_switch(self, *a, **k))
+            real_switch = Runtime.switch_model
+            monkeypatch.setattr(Runtime, "switch_model", lambda self, *a, **k: gate.wait(30) and real_switch(self, *a, **k))
             await pilot.press("down", "enter")
             assert app.busy and "tiny" in app.busy
             await pilot.press("m")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mcp_server.monitoring import gpu as gpumod
 from mcp_server.cli.main import cli
-from mcp_server.monitoring.gpu import FakeNvml, GpuReport, apply_visible_devices, heuristic_fastest_first, read_gpus
+from mcp_server.monitoring.gpu import FakeNvml, GpuReport, apply_visible_devices, heuristic_fastest_first, gpu_stats
 from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
 from mcp_server.profiles.config import load_config
 from mcp_server.profiles.edits import update_profile
@@ -53,7 +53,7 @@ def test_two_gpus_every_field():
     fake = FakeNvml()
     fake.gpus[RTX_4090].update(used_mib=20480, util=97, mem_util=45, temp=66, power_w=351.4, sm_clock=2520,
                                mem_clock=10501, fan=41)
-    report = read_gpus(fake, instances=[], env={})
+    report = gpu_stats(fake, instances=[], env={})
     assert report.reason is None and report.driver_version == "575.64.03" and report.cuda_driver_version == "12.9"
     g0, g1 = report.gpus
     assert (g0.nvml_index, g0.name, g0.compute_capability, g0.pci_bus_id) == (
@@ -68,24 +68,24 @@ def test_two_gpus_every_field():
 
 def test_refused_fields_are_none_and_unsupported_ones_are_not_asked_again():
     fake = FakeNvml(fail={"fan": 3, "power:1": 999, "uuid:1": 4, "cc:0": 3})
-    first = read_gpus(fake, instances=[], env={})
+    first = gpu_stats(fake, instances=[], env={})
     assert [g.fan_pct for g in first.gpus] == [None, None]
     assert first.gpus[1].power_w is None and first.gpus[0].power_w == 20.0
     assert first.gpus[1].uuid is None and first.gpus[0].uuid
     assert first.gpus[0].compute_capability is None and first.gpus[1].compute_capability == "12.0"
-    read_gpus(fake, instances=[], env={})
-    read_gpus(fake, instances=[], env={})
+    gpu_stats(fake, instances=[], env={})
+    gpu_stats(fake, instances=[], env={})
     assert fake.calls["nvmlDeviceGetFanSpeed"] == 2  # once per GPU: "not supported" is remembered
     assert fake.calls["nvmlDeviceGetUUID"] == 2  # static facts are read once per session
     fake.fail.pop("power:1")  # a transient error is asked again
-    assert read_gpus(fake, instances=[], env={}).gpus[1].power_w == 20.0
+    assert gpu_stats(fake, instances=[], env={}).gpus[1].power_w == 20.0
 
 
 def test_memory_v1_fallback_without_reserved():
     fake = FakeNvml()
     del FakeNvml.nvmlMemory_v2  # an older binding: no v2 memory info
     try:
-        g0 = read_gpus(fake, instances=[], env={}).gpus[0]
+        g0 = gpu_stats(fake, instances=[], env={}).gpus[0]
     finally:
         FakeNvml.nvmlMemory_v2 = 0x02000028
     assert g0.memory_reserved_mib == 0 and g0.memory_free_mib == 24564 - 512
@@ -94,10 +94,10 @@ def test_memory_v1_fallback_without_reserved():
 def test_one_nvml_init_per_source_and_recovery_after_shutdown():
     fake = FakeNvml()
     for _ in range(5):
-        assert len(read_gpus(fake, instances=[], env={}).gpus) == 2
+        assert len(gpu_stats(fake, instances=[], env={}).gpus) == 2
     assert fake.calls["nvmlInit"] == 1
     fake.nvmlShutdown()  # someone else shut NVML down under us
-    assert len(read_gpus(fake, instances=[], env={}).gpus) == 2
+    assert len(gpu_stats(fake, instances=[], env={}).gpus) == 2
     assert fake.calls["nvmlInit"] == 2
 
 
@@ -105,14 +105,14 @@ def test_processes_compute_and_graphics_merged():
     fake = FakeNvml()
     fake.gpus[0]["processes"] = [(4242, 1000), (4343, None)]
     fake.gpus[0]["graphics"] = [(4242, 1000), (4444, 64)]
-    procs = {p.pid: p for p in read_gpus(fake, instances=[], env={}).gpus[0].processes}
+    procs = {p.pid: p for p in gpu_stats(fake, instances=[], env={}).gpus[0].processes}
     assert procs[4242].type == "compute+graphics" and procs[4242].used_mib == 1000
     assert procs[4343].used_mib is None and procs[4444].type == "graphics"
     assert all(p.instance_id is None for p in procs.values())
 
 
 def test_a_gpu_that_cannot_be_opened_is_named():
-    report = read_gpus(FakeNvml(fail={"handle:1": 15 + 100}), instances=[], env={})
+    report = gpu_stats(FakeNvml(fail={"handle:1": 15 + 100}), instances=[], env={})
     assert [g.nvml_index for g in report.gpus] == [0] and "could not open GPU 1" in report.reason
 
 
@@ -123,25 +123,25 @@ def test_a_gpu_that_cannot_be_opened_is_named():
                                          (4, "permission"), (999, "NVML could not start")])
 def test_no_driver_is_a_plain_reason(code, words):
     fake = FakeNvml(init_error=code)
-    report = read_gpus(fake, instances=[], env={})
+    report = gpu_stats(fake, instances=[], env={})
     assert report.gpus == [] and words in report.reason and report.cuda_order_source is None
-    read_gpus(fake, instances=[], env={})
+    gpu_stats(fake, instances=[], env={})
     assert fake.calls["nvmlInit"] == 1  # not retried every second
 
 
 def test_driver_without_gpus():
-    report = read_gpus(FakeNvml(gpus=[]), instances=[], env={})
+    report = gpu_stats(FakeNvml(gpus=[]), instances=[], env={})
     assert report.gpus == [] and report.reason == "NVML found no NVIDIA GPU"
 
 
 def test_missing_pynvml_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    report = read_gpus(instances=[])
+    report = gpu_stats(instances=[])
     assert report.gpus == [] and "nvidia-ml-py" in report.reason
 
 
 def test_real_pynvml_here():
-    report = read_gpus(instances=[])
+    report = gpu_stats(instances=[])
     if nvml_available():
         assert report.gpus and report.reason is None
     else:
@@ -154,7 +154,7 @@ def test_real_pynvml_here():
 def test_fastest_first_estimate_puts_the_newer_architecture_first():
     # Documented limit: CUDA's FASTEST_FIRST rule is unpublished; the estimate sorts by compute
     # capability first, so the 5070 Ti (12.0) is CUDA0 although the 4090 (8.9) is faster.
-    report = read_gpus(FakeNvml(), instances=[], env={})
+    report = gpu_stats(FakeNvml(), instances=[], env={})
     assert cuda(report) == {RTX_4090: 1, RTX_5070_TI: 0} and report.cuda_order_source == "heuristic"
     assert report.cuda_device_order == "FASTEST_FIRST"
 
@@ -163,13 +163,13 @@ def test_same_architecture_faster_card_first_then_bus():
     gpus = [gpumod.fake_gpu("NVIDIA GeForce RTX 4060", "00000000:01:00.0", (8, 9), 3072, 8188, 115, "GPU-a"),
             gpumod.fake_gpu("NVIDIA GeForce RTX 4090", "00000000:02:00.0", (8, 9), 16384, 24564, 450, "GPU-b"),
             gpumod.fake_gpu("NVIDIA GeForce RTX 4090", "00000000:03:00.0", (8, 9), 16384, 24564, 450, "GPU-c")]
-    assert cuda(read_gpus(FakeNvml(gpus), instances=[], env={})) == {0: 2, 1: 0, 2: 1}
+    assert cuda(gpu_stats(FakeNvml(gpus), instances=[], env={})) == {0: 2, 1: 0, 2: 1}
     # Without core counts the estimate falls back to memory size.
-    assert cuda(read_gpus(FakeNvml(gpus, fail={"cores": 3}), instances=[], env={})) == {0: 2, 1: 0, 2: 1}
+    assert cuda(gpu_stats(FakeNvml(gpus, fail={"cores": 3}), instances=[], env={})) == {0: 2, 1: 0, 2: 1}
 
 
 def test_pci_bus_id_order_matches_nvml():
-    report = read_gpus(FakeNvml(), instances=[], env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
+    report = gpu_stats(FakeNvml(), instances=[], env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
     assert cuda(report) == {RTX_4090: 0, RTX_5070_TI: 1} and report.cuda_order_source == "pci-bus-id"
 
 
@@ -192,7 +192,7 @@ def test_pci_bus_id_order_matches_nvml():
 ])
 def test_cuda_visible_devices(order, visible, expected):
     env = {"CUDA_VISIBLE_DEVICES": visible, **({"CUDA_DEVICE_ORDER": order} if order else {})}
-    report = read_gpus(FakeNvml(), instances=[], env=env)
+    report = gpu_stats(FakeNvml(), instances=[], env=env)
     assert cuda(report) == expected and report.cuda_visible_devices == visible
 
 
@@ -203,15 +203,15 @@ def test_cuda_driver_answer_wins_over_the_estimate():
         asked.append(1)
         return ["0000:01:00.0", "0000:02:00.0"]  # libcuda's format: 4-digit domain
 
-    report = read_gpus(FakeNvml(), instances=[], env={}, cuda_probe=probe)
+    report = gpu_stats(FakeNvml(), instances=[], env={}, cuda_probe=probe)
     assert cuda(report) == {RTX_4090: 0, RTX_5070_TI: 1} and report.cuda_order_source == "cuda-driver"
     # With visibility narrowed, the driver sees only part of the order: the estimate is used.
-    narrowed = read_gpus(FakeNvml(), instances=[], env={"CUDA_VISIBLE_DEVICES": "0"}, cuda_probe=probe)
+    narrowed = gpu_stats(FakeNvml(), instances=[], env={"CUDA_VISIBLE_DEVICES": "0"}, cuda_probe=probe)
     assert narrowed.cuda_order_source == "heuristic" and len(asked) == 1
     # A driver answer that does not match NVML's GPUs is not trusted.
-    odd = read_gpus(FakeNvml(), instances=[], env={}, cuda_probe=lambda: ["0000:01:00.0"])
+    odd = gpu_stats(FakeNvml(), instances=[], env={}, cuda_probe=lambda: ["0000:01:00.0"])
     assert odd.cuda_order_source == "heuristic"
-    assert read_gpus(FakeNvml(), instances=[], env={}, cuda_probe=lambda: None).cuda_order_source == "heuristic"
+    assert gpu_stats(FakeNvml(), instances=[], env={}, cuda_probe=lambda: None).cuda_order_source == "heuristic"
 
 
 def test_libcuda_probe_is_harmless_without_a_driver():
@@ -221,7 +221,7 @@ def test_libcuda_probe_is_harmless_without_a_driver():
 
 
 def test_order_helpers_directly():
-    report = read_gpus(FakeNvml(), instances=[], env={})
+    report = gpu_stats(FakeNvml(), instances=[], env={})
     assert heuristic_fastest_first(report.gpus) == [RTX_5070_TI, RTX_4090]
     assert apply_visible_devices([1, 0], report.gpus, None) == {1: 0, 0: 1}
 
@@ -241,7 +241,7 @@ def test_process_of_a_native_instance_and_its_descendants(child):
     me = record("alpha", pid=99999999, supervisor_pid=os.getpid())
     fake = FakeNvml()
     fake.gpus[0]["processes"] = [(child.pid, 900), (1, 10)]
-    procs = {p.pid: p for p in read_gpus(fake, instances=[me], env={}).gpus[0].processes}
+    procs = {p.pid: p for p in gpu_stats(fake, instances=[me], env={}).gpus[0].processes}
     assert (procs[child.pid].profile, procs[child.pid].instance_id) == ("alpha", me.id)
     assert procs[1].profile is None
 
@@ -251,7 +251,7 @@ def test_stale_and_ended_records_own_nothing(child):
     ended = record("ended", pid=child.pid, status=InstanceStatus.STOPPED)
     fake = FakeNvml()
     fake.gpus[0]["processes"] = [(child.pid, 900)]
-    (proc,) = read_gpus(fake, instances=[stale, ended], env={}).gpus[0].processes
+    (proc,) = gpu_stats(fake, instances=[stale, ended], env={}).gpus[0].processes
     assert proc.profile is None
 
 
@@ -262,7 +262,7 @@ def test_docker_process_found_by_its_cgroup(monkeypatch):
                         if pid == 5555 else "0::/user.slice\n")
     fake = FakeNvml()
     fake.gpus[RTX_5070_TI]["processes"] = [(5555, 700), (6666, 10)]
-    procs = {p.pid: p for p in read_gpus(fake, instances=[box], env={}).gpus[RTX_5070_TI].processes}
+    procs = {p.pid: p for p in gpu_stats(fake, instances=[box], env={}).gpus[RTX_5070_TI].processes}
     assert (procs[5555].profile, procs[5555].container_id, procs[5555].cuda_index) == ("boxed", cid, 0)
     assert procs[6666].profile is None
 
@@ -272,17 +272,17 @@ def test_cuda_index_inside_each_instance():
     native = record("one", pid=os.getpid(), env={"CUDA_VISIBLE_DEVICES": "1"})
     fake = FakeNvml()
     fake.gpus[RTX_4090]["processes"] = [(os.getpid(), 100)]
-    (proc,) = read_gpus(fake, instances=[native], env={}).gpus[RTX_4090].processes
+    (proc,) = gpu_stats(fake, instances=[native], env={}).gpus[RTX_4090].processes
     assert proc.cuda_index == 0
     # Its own CUDA_DEVICE_ORDER wins over ours.
     pci = record("one", pid=os.getpid(), env={"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
     fake.gpus[RTX_4090]["processes"], fake.gpus[RTX_5070_TI]["processes"] = [], [(os.getpid(), 100)]
-    (proc,) = read_gpus(fake, instances=[pci], env={}).gpus[RTX_5070_TI].processes
+    (proc,) = gpu_stats(fake, instances=[pci], env={}).gpus[RTX_5070_TI].processes
     assert proc.cuda_index == 0
     # Without visibility limits both GPUs keep the machine-wide CUDA numbering.
     plain = record("two", pid=os.getpid())
     fake.gpus[RTX_4090]["processes"] = [(os.getpid(), 100)]
-    report = read_gpus(fake, instances=[plain], env={})
+    report = gpu_stats(fake, instances=[plain], env={})
     assert [p.cuda_index for g in report.gpus for p in g.processes] == [1, 0]
 
 
@@ -294,7 +294,7 @@ def test_real_native_instance_is_named(engine_path, demo_project):
     try:
         fake = FakeNvml()
         fake.gpus[RTX_5070_TI]["processes"] = [(view.pid, 812), (os.getpid(), 64)]
-        report = read_gpus(fake)  # instances from the registry, as the CLI and the MCP server do
+        report = gpu_stats(fake)  # instances from the registry, as the CLI and the MCP server do
         procs = {p.pid: p for p in report.gpus[RTX_5070_TI].processes}
         server = procs[view.pid]
         assert (server.profile, server.instance_id, server.used_mib, server.name) == ("demo", view.id, 812,
@@ -306,7 +306,7 @@ def test_real_native_instance_is_named(engine_path, demo_project):
     finally:
         runtime.stop_model("all", grace_s=3)
     fake.gpus[RTX_5070_TI]["processes"] = [(view.pid, 812)]
-    assert read_gpus(fake).gpus[RTX_5070_TI].processes[0].profile is None  # stopped: owns nothing
+    assert gpu_stats(fake).gpus[RTX_5070_TI].processes[0].profile is None  # stopped: owns nothing
 
 
 # -- front doors --------------------------------------------------------------------------------

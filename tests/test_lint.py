@@ -7,7 +7,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.lint import lint_profiles
 from mcp_server.profiles.config import load_config
 
 
@@ -30,7 +30,7 @@ def findings_for(write_conf, text: str, files: dict[str, dict] | None = None):  
     conf = write_conf(text)
     for rel, kw in (files or {}).items():
         write_gguf(conf.parent / "models" / rel, **kw)
-    return lint_config(load_config(conf))
+    return lint_profiles(load_config(conf)).findings
 
 
 def codes(findings) -> list[str]:  # type: ignore[no-untyped-def]
@@ -67,7 +67,7 @@ def test_model_path_escaping_models_dir(write_conf):
 def test_unreadable_gguf(write_conf):
     conf = write_conf("[p]\nMODEL=junk.gguf\n")
     (conf.parent / "models" / "junk.gguf").write_bytes(b"not a gguf at all")
-    (finding,) = lint_config(load_config(conf))
+    (finding,) = lint_profiles(load_config(conf)).findings
     assert finding.code == "model-unreadable"
 
 

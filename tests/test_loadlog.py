@@ -5,7 +5,7 @@ since a CUDA OOM cannot be produced on a machine without a GPU."""
 
 from __future__ import annotations
 
-from mcp_server.runtime.server_log import diagnose, last_run, load_progress, parse_load_report
+from mcp_server.runtime.server_log import explain_exit, last_run, load_progress, parse_load_report
 
 PREFIX = "0.01.{:03d}.000 {} "
 
@@ -29,7 +29,7 @@ def test_oom_while_loading_weights_names_the_device():
                "alloc_tensor_range: failed to allocate CUDA1 buffer of size 16106127360",
                "llama_model_load: error loading model: unable to allocate CUDA1 buffer",
                "llama_model_load_from_file_impl: failed to load model")
-    d = diagnose(text, 1)
+    d = explain_exit(text, 1)
     assert (d.cause, d.stage, d.device) == ("oom", "weights", "CUDA1")
     assert "N_GPU_LAYERS" in d.fix and d.evidence
 
@@ -40,7 +40,7 @@ def test_oom_while_allocating_kv_cache():
                "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 8192.00 MiB on device 0: cudaMalloc failed: "
                "out of memory",
                "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache")
-    d = diagnose(text, 1)
+    d = explain_exit(text, 1)
     assert (d.cause, d.stage, d.device) == ("oom", "kv-cache", "CUDA0")
     assert "CTX_SIZE" in d.fix
 
@@ -50,42 +50,42 @@ def test_oom_while_reserving_compute_buffers():
                "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 2684354560",
                "graph_reserve: failed to allocate compute buffers",
                "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers")
-    d = diagnose(text, 1)
+    d = explain_exit(text, 1)
     assert (d.cause, d.stage, d.device) == ("oom", "compute-buffers", "CUDA0")
     assert "UBATCH_SIZE" in d.fix
 
 
 def test_unknown_architecture_and_missing_file():
-    arch = diagnose(log(*HEAD[:2], "llama_model_load: error loading model: error loading model architecture: "
+    arch = explain_exit(log(*HEAD[:2], "llama_model_load: error loading model: error loading model architecture: "
                         "unknown model architecture: 'qwen9'"), 1)
     assert arch.cause == "unknown-architecture" and "qwen9" in arch.summary
-    missing = diagnose(log("gguf_init_from_file: failed to open GGUF file '/models/x.gguf' (No such file or "
+    missing = explain_exit(log("gguf_init_from_file: failed to open GGUF file '/models/x.gguf' (No such file or "
                            "directory)"), 1)
     assert missing.cause == "model-missing"
 
 
 def test_unknown_failure_keeps_the_last_lines():
-    d = diagnose(log("something odd happened", "and then it ended"), 3)
+    d = explain_exit(log("something odd happened", "and then it ended"), 3)
     assert d.cause == "exited" and d.evidence[-1] == "and then it ended"
 
 
 def test_signal_exit_and_timeout():
-    assert diagnose(log("fine"), -9).cause == "killed"
-    assert "SIGKILL" in diagnose(log("fine"), 137).summary  # Docker's 128 + signal
-    timed = diagnose(log(*HEAD, "." * 40), None, timed_out=True)
+    assert explain_exit(log("fine"), -9).cause == "killed"
+    assert "SIGKILL" in explain_exit(log("fine"), 137).summary  # Docker's 128 + signal
+    timed = explain_exit(log(*HEAD, "." * 40), None, timed_out=True)
     assert timed.cause == "timeout" and "loading weights" in timed.summary
 
 
 def test_a_crash_is_not_an_outside_kill():
     # What an H200 run logged when llama-server aborted on its own assertion.
-    crashed = diagnose(log("llama_context: constructing llama_context",
+    crashed = explain_exit(log("llama_context: constructing llama_context",
                            "/src/ggml/src/ggml-cuda/ggml-cuda.cu:1203: GGML_ASSERT(ne00 % 2 == 0) failed",
                            "[New LWP 4242]", "#0  0x00007f in __pthread_kill_implementation"), -6)
     assert crashed.cause == "crashed" and "SIGABRT" in crashed.summary and "GGML_ASSERT(ne00 % 2 == 0)" in crashed.summary
     assert "outside" not in crashed.fix and any("GGML_ASSERT" in line for line in crashed.evidence)
-    segv = diagnose(log("fine"), 139)  # Docker's 128 + SIGSEGV, no explaining line
+    segv = explain_exit(log("fine"), 139)  # Docker's 128 + SIGSEGV, no explaining line
     assert segv.cause == "crashed" and "SIGSEGV" in segv.summary
-    assert diagnose(log("fine"), -15).cause == "killed"  # SIGTERM does come from outside
+    assert explain_exit(log("fine"), -15).cause == "killed"  # SIGTERM does come from outside
 
 
 def test_progress_follows_stages_and_dots():

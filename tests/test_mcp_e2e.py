@@ -71,7 +71,7 @@ async def test_stdio_demo_start_complete_logs_stop(demo_project, engine_path):
 
 ADDED_PROFILE = """
 # Tiny synthetic llama (random weights, mcp_server.model_files.synthetic): dense, 2 layers, 4 heads / 2 KV heads,
-# 2048-token training context, per inspect_gguf.
+# 2048-token training context, per inspect_model_file.
 # NOT YET TESTED
 [tiny-synth]
 NAME=Tiny synthetic llama
@@ -90,11 +90,11 @@ async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_pat
     write_dense(demo_project.parent / "models" / "synth" / "tiny-llama.gguf", DenseShape(), seed=7)
     before = demo_project.read_text()
     async with Client(_stdio(demo_project), read_timeout_seconds=300) as client:
-        local = (await client.call_tool("list_local_models", {})).structured_content["models"]
+        local = (await client.call_tool("list_model_files", {})).structured_content["files"]
         [new] = [m for m in local if not m["used_by"]]
         assert new["path"] == "synth/tiny-llama.gguf" and new["complete"]
 
-        info = (await client.call_tool("inspect_gguf", {"path": new["path"]})).structured_content
+        info = (await client.call_tool("inspect_model_file", {"path": new["path"]})).structured_content
         assert (info["architecture"], info["n_layer"], info["n_ctx_train"]) == ("llama", 2, 2048)
         assert (max(info["n_head"]), max(info["n_head_kv"])) == (4, 2)
         # Phase 1, fit: would it fit the user's 8 GiB GPU at the chosen context, and how to place it?
@@ -108,18 +108,18 @@ async def test_scripted_add_model_flow_through_mcp_only(demo_project, engine_pat
                   "MODEL": new["path"], "CTX_SIZE": "512", "PARALLEL": "1"}
         comments = [f"Tiny synthetic llama (random weights, mcp_server.model_files.synthetic): dense, {info['n_layer']} layers, "
                     f"{max(info['n_head'])} heads / {max(info['n_head_kv'])} KV heads,",
-                    f"{info['n_ctx_train']}-token training context, per inspect_gguf.", "NOT YET TESTED"]
-        preview = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
+                    f"{info['n_ctx_train']}-token training context, per inspect_model_file.", "NOT YET TESTED"]
+        preview = await client.call_tool("create_profile", {"profile": "tiny-synth", "values": values,
                                                           "comments": comments, "dry_run": True})
         assert preview.structured_content["dry_run"] and demo_project.read_text() == before
-        created = await client.call_tool("create_model", {"profile": "tiny-synth", "values": values,
+        created = await client.call_tool("create_profile", {"profile": "tiny-synth", "values": values,
                                                           "comments": comments})
         assert not created.is_error, created.content[0].text
 
         fit = (await client.call_tool("estimate_fit", {"profile": "tiny-synth", "gpus": "8GiB"})).structured_content
         assert fit["estimate"]["fits"] is True and fit["estimate"]["n_ctx"] == 512
 
-        lint = (await client.call_tool("lint_models", {"profile": "tiny-synth"})).structured_content
+        lint = (await client.call_tool("lint_profiles", {"profile": "tiny-synth"})).structured_content
         assert lint["errors"] == 0, lint
         try:
             started = await client.call_tool("start_model", {"profile": "tiny-synth"})
@@ -141,7 +141,7 @@ async def test_stdio_refusals_reach_the_client(write_conf):
     async with Client(_stdio(conf)) as client:
         start = await client.call_tool("start_model", {"profile": "alpha"})
         assert start.is_error and "model-missing" in start.content[0].text
-        edit = await client.call_tool("update_model", {"profile": "alpha", "set": {"MODEL": "x.gguf --rpc evil"}})
+        edit = await client.call_tool("update_profile", {"profile": "alpha", "set": {"MODEL": "x.gguf --rpc evil"}})
         assert edit.is_error and "read as a flag" in edit.content[0].text
 
 
@@ -193,8 +193,8 @@ async def test_http_serves_on_loopback_only(write_conf):
                      if c.status == psutil.CONN_LISTEN]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
         async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-            result = await client.call_tool("list_models", {})
-        assert result.structured_content["models"][0]["name"] == "Alpha"
+            result = await client.call_tool("list_profiles", {})
+        assert result.structured_content["profiles"][0]["name"] == "Alpha"
     finally:
         _stop(proc)
 
@@ -219,8 +219,8 @@ async def test_http_bearer_token(write_conf):
             assert rebound.status_code == 421
         http = create_mcp_http_client(headers={"Authorization": "Bearer s3cret-token"})
         async with http, Client(streamable_http_client(url, http_client=http)) as client:
-            result = await client.call_tool("list_models", {})
-        assert result.structured_content["models"][0]["profile"] == "alpha"
+            result = await client.call_tool("list_profiles", {})
+        assert result.structured_content["profiles"][0]["profile"] == "alpha"
     finally:
         _stop(proc)
 

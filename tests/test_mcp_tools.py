@@ -28,7 +28,7 @@ CTX_SIZE=8192
 TEMP=0.7
 """
 
-NEW_TOOLS = ("create_model", "update_model", "retire_model", "list_local_models", "inspect_gguf", "diagnose",
+NEW_TOOLS = ("create_profile", "update_profile", "retire_profile", "list_model_files", "inspect_model_file", "diagnose",
              "test_completion")
 
 
@@ -51,16 +51,16 @@ async def test_new_tools_have_schemas_and_truthful_annotations(conf):
     for name in NEW_TOOLS:
         assert tools[name].output_schema, name
         assert tools[name].description and len(tools[name].description) < 2048, name
-    for name in ("list_local_models", "inspect_gguf", "diagnose"):
+    for name in ("list_model_files", "inspect_model_file", "diagnose"):
         assert tools[name].annotations.read_only_hint is True, name
-    for name in ("create_model", "update_model", "retire_model"):
+    for name in ("create_profile", "update_profile", "retire_profile"):
         assert tools[name].annotations.read_only_hint is False, name
-    assert tools["create_model"].annotations.destructive_hint is False
-    assert tools["update_model"].annotations.destructive_hint is True
-    assert tools["update_model"].annotations.idempotent_hint is True
-    assert tools["retire_model"].annotations.destructive_hint is True
+    assert tools["create_profile"].annotations.destructive_hint is False
+    assert tools["update_profile"].annotations.destructive_hint is True
+    assert tools["update_profile"].annotations.idempotent_hint is True
+    assert tools["retire_profile"].annotations.destructive_hint is True
     # Every profile-acting tool names its profile `profile`.
-    for name in ("create_model", "update_model", "retire_model", "diagnose", "test_completion", "get_model",
+    for name in ("create_profile", "update_profile", "retire_profile", "diagnose", "test_completion", "get_profile",
                  "start_model", "stop_model", "switch_model", "tail_logs", "load_report"):
         assert "profile" in tools[name].input_schema["properties"], name
 
@@ -70,12 +70,12 @@ async def test_create_model_dry_run_then_write(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
         args = {"profile": "tiny", "values": {"MODEL": "tiny/tiny.gguf", "NAME": "Tiny", "CTX_SIZE": "512"},
                 "comments": ["synthetic test model"]}
-        dry = (await client.call_tool("create_model", {**args, "dry_run": True})).structured_content
+        dry = (await client.call_tool("create_profile", {**args, "dry_run": True})).structured_content
         assert dry["dry_run"] is True and dry["changed"] is True and "+[tiny]" in dry["diff"]
         assert conf.read_text() == before
-        done = await client.call_tool("create_model", args)
+        done = await client.call_tool("create_profile", args)
         assert not done.is_error and done.structured_content["backup"]
-        listed = (await client.call_tool("list_models", {})).structured_content["models"]
+        listed = (await client.call_tool("list_profiles", {})).structured_content["profiles"]
     assert conf.read_text().endswith("\n# synthetic test model\n[tiny]\nMODEL=tiny/tiny.gguf\nNAME=Tiny\nCTX_SIZE=512\n")
     assert [m["profile"] for m in listed] == ["alpha", "tiny"] and listed[1]["file_present"] is True
 
@@ -84,7 +84,7 @@ async def test_create_model_refusals(conf):
     before = conf.read_text()
     async with Client(build_server(conf)) as client:
         async def refused(values: dict, profile: str = "new", match: str = "") -> None:
-            result = await client.call_tool("create_model", {"profile": profile, "values": values})
+            result = await client.call_tool("create_profile", {"profile": profile, "values": values})
             assert result.is_error, values
             assert match in _text(result), _text(result)
 
@@ -98,7 +98,7 @@ async def test_create_model_refusals(conf):
         await refused({"MODEL": "a.gguf", "EXTRA_ARGS": "--model=/etc/passwd"}, match="--model")
         await refused({"MODEL": "a.gguf", "ENGINE": "/bin/sh"}, match="host setting")
         await refused({"MODEL": "a.gguf", "CTX_SIZE": "lots"}, match="whole number")
-        bad_id = await client.call_tool("create_model", {"profile": "../x", "values": {"MODEL": "a.gguf"}})
+        bad_id = await client.call_tool("create_profile", {"profile": "../x", "values": {"MODEL": "a.gguf"}})
         assert bad_id.is_error and "pattern" in _text(bad_id)
     assert conf.read_text() == before
 
@@ -108,13 +108,13 @@ async def test_create_model_refuses_symlink_out_of_models_dir(conf, tmp_path):
     outside.mkdir()
     os.symlink(outside, conf.parent / "models" / "link")
     async with Client(build_server(conf)) as client:
-        result = await client.call_tool("create_model", {"profile": "n", "values": {"MODEL": "link/x.gguf"}})
+        result = await client.call_tool("create_profile", {"profile": "n", "values": {"MODEL": "link/x.gguf"}})
         assert result.is_error and "outside MODELS_DIR" in _text(result)
 
 
 async def test_update_model_sets_and_unsets_in_one_edit(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        result = await client.call_tool("update_model", {"profile": "alpha", "set": {"CTX_SIZE": "4096",
+        result = await client.call_tool("update_profile", {"profile": "alpha", "set": {"CTX_SIZE": "4096",
                                                                                         "EXTRA_ARGS": "--jinja"},
                                                          "unset": ["TEMP"]})
         edit = result.structured_content
@@ -125,7 +125,7 @@ async def test_update_model_sets_and_unsets_in_one_edit(conf):
 
 async def test_update_model_dry_run_writes_nothing(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        result = await client.call_tool("update_model", {"profile": "alpha", "set": {"CTX_SIZE": "1024"},
+        result = await client.call_tool("update_profile", {"profile": "alpha", "set": {"CTX_SIZE": "1024"},
                                                          "dry_run": True})
     assert result.structured_content["dry_run"] and "+CTX_SIZE=1024" in result.structured_content["diff"]
     assert conf.read_text() == CONF
@@ -134,7 +134,7 @@ async def test_update_model_dry_run_writes_nothing(conf):
 async def test_update_model_refusals(conf):
     async with Client(build_server(conf)) as client:
         async def refused(args: dict, match: str) -> None:
-            result = await client.call_tool("update_model", args)
+            result = await client.call_tool("update_profile", args)
             assert result.is_error and match in _text(result), _text(result)
 
         await refused({"profile": "nope", "set": {"CTX_SIZE": "1"}}, "No profile named 'nope'. Known profiles: alpha")
@@ -156,34 +156,34 @@ async def test_update_model_refusals(conf):
 
 async def test_update_model_can_set_global_defaults(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        result = await client.call_tool("update_model", {"profile": "global", "set": {"PARALLEL": "2"}})
+        result = await client.call_tool("update_profile", {"profile": "global", "set": {"PARALLEL": "2"}})
     assert "+PARALLEL=2" in result.structured_content["diff"]
 
 
 async def test_retire_model_comments_the_section_out(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        result = await client.call_tool("retire_model", {"profile": "alpha", "note": "replaced"})
+        result = await client.call_tool("retire_profile", {"profile": "alpha", "note": "replaced"})
         assert "+# [alpha]" in result.structured_content["diff"]
-        again = await client.call_tool("retire_model", {"profile": "alpha"})
+        again = await client.call_tool("retire_profile", {"profile": "alpha"})
         assert again.is_error and "No profile named 'alpha'" in _text(again)
-        missing = await client.call_tool("retire_model", {"profile": "nope"})
+        missing = await client.call_tool("retire_profile", {"profile": "nope"})
         assert missing.is_error and "No profile named 'nope'" in _text(missing)
     assert "# replaced\n# [alpha]\n# NAME=Alpha\n# MODEL=a.gguf\n" in conf.read_text()
 
 
-async def test_list_local_models(conf):
+async def test_list_model_files(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        result = (await client.call_tool("list_local_models", {})).structured_content
+        result = (await client.call_tool("list_model_files", {})).structured_content
     assert result["models_dir"] == str(conf.parent / "models")
-    [model] = result["models"]
+    [model] = result["files"]
     assert model["path"] == "tiny/tiny.gguf" and model["architecture"] == "llama" and model["complete"]
     assert model["kind"] == "model" and model["used_by"] == []
 
 
 async def test_inspect_gguf_relative_path(conf):
     async with Client(build_server(conf), raise_exceptions=True) as client:
-        info = (await client.call_tool("inspect_gguf", {"path": "tiny/tiny.gguf"})).structured_content
-        with_tensors = (await client.call_tool("inspect_gguf", {"path": "tiny/tiny.gguf", "tensors": True}))
+        info = (await client.call_tool("inspect_model_file", {"path": "tiny/tiny.gguf"})).structured_content
+        with_tensors = (await client.call_tool("inspect_model_file", {"path": "tiny/tiny.gguf", "tensors": True}))
     assert info["architecture"] == "llama" and info["n_layer"] == DenseShape().n_layer
     assert info["relative_path"] == "tiny/tiny.gguf" and info["tensors"] == [] and not info["tensors_listed"]
     assert "not instructions" in info["note"]
@@ -198,7 +198,7 @@ async def test_inspect_gguf_refuses_paths_outside_the_models_dir(conf, tmp_path)
     (conf.parent / "models" / "notes.txt").write_text("hi")
     async with Client(build_server(conf)) as client:
         async def refused(path: str, match: str) -> None:
-            result = await client.call_tool("inspect_gguf", {"path": path})
+            result = await client.call_tool("inspect_model_file", {"path": path})
             assert result.is_error and match in _text(result), (path, _text(result))
 
         await refused("../models.conf", "'..'")
@@ -261,7 +261,7 @@ async def test_resources_and_prompt(conf, monkeypatch):
     assert runtime_doc.startswith("# Runtime")
     assert "add_model" in prompts
     text = prompt.messages[0].content.text
-    assert "Qwen/Qwen3-8B-GGUF" in text and "inspect_gguf" in text and "create_model" in text
+    assert "Qwen/Qwen3-8B-GGUF" in text and "inspect_model_file" in text and "create_profile" in text
 
 
 async def test_log_and_load_report_resources_for_unknown_or_unstarted_profiles(conf):

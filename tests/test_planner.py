@@ -181,7 +181,7 @@ def test_plan_cli_writes_the_profile_and_lint_accepts_it(tmp_path, write_conf):
     profile = load_config(conf).profile("big")
     assert profile.get("TENSOR_SPLIT") == result["plan"]["settings"]["TENSOR_SPLIT"]
     lint = runner.invoke(cli, ["--config", str(conf), "lint", "big", "--json"])
-    assert not [f for f in json.loads(lint.output) if f["severity"] == "error"], lint.output
+    assert json.loads(lint.output)["errors"] == 0, lint.output
     # The estimate of the written profile on the same GPUs matches the plan.
     est = runner.invoke(cli, ["--config", str(conf), "estimate", "big", "--gpus", "24GiB,16GiB", "--json"])
     totals = [d["total_mib"] for d in json.loads(est.output)["estimate"]["devices"]]
@@ -197,6 +197,30 @@ def test_plan_refuses_a_profile_that_does_not_exist(tmp_path, write_conf):
                                    "--gpus", "8GiB", "--write", "nope"])
     assert out.exit_code == 1 and "nope" in out.output
     assert conf.read_text() == before
+
+
+def test_plan_write_refuses_a_profile_of_another_file_unless_asked_to_set_model(tmp_path, write_conf):
+    conf = write_conf("[global]\nMODELS_DIR=models\n\n[b]\nMODEL=b/b-00001-of-00001.gguf\nCTX_SIZE=4096\n")
+    models = conf.parent / "models"
+    write_sparse_moe(models / "a" / "a", MOE_30B)
+    write_sparse_moe(models / "b" / "b", MOE_30B)
+    before = conf.read_text()
+    runner = CliRunner()
+    args = ["--config", str(conf), "plan-placement", "a/a-00001-of-00001.gguf", "--gpus", "24GiB", "--write", "b"]
+    refused = runner.invoke(cli, [*args, "--json"])
+    assert refused.exit_code == 1
+    error = json.loads(refused.output)["error"]
+    assert error["code"] == "invalid-value" and "b/b-00001-of-00001.gguf" in error["message"]
+    assert "--set-model" in error["message"] or "set_model" in error["message"]
+    assert conf.read_text() == before
+    done = runner.invoke(cli, [*args, "--set-model", "--json"])
+    assert done.exit_code == 0, done.output
+    edit = json.loads(done.output)["edit"]
+    assert "-MODEL=b/b-00001-of-00001.gguf" in edit["diff"] and "+MODEL=a/a-00001-of-00001.gguf" in edit["diff"]
+    assert load_config(conf).profile("b").model == "a/a-00001-of-00001.gguf"
+    # Planning the profile's own file needs no flag.
+    again = runner.invoke(cli, [*args, "--dry-run", "--json"])
+    assert again.exit_code == 0, again.output
 
 
 def test_calibration_overhead_is_the_median_of_measurements(moe30):
@@ -222,7 +246,7 @@ def test_calibration_overhead_is_the_median_of_measurements(moe30):
 @pytest.mark.engine
 def test_calibrate_a_running_profile_and_see_it_beside_the_estimate(demo_project, engine_path):
     """On a CPU-only machine: the host buffers llama.cpp logged are stored with the prediction."""
-    from mcp_server.placement.operations import calibrate, estimate_profile
+    from mcp_server.placement.operations import calibrate, estimate_fit
     from mcp_server.profiles.edits import update_profile
     from mcp_server.runtime.lifecycle import Runtime
 
@@ -241,7 +265,7 @@ def test_calibrate_a_running_profile_and_see_it_beside_the_estimate(demo_project
     # Weights and KV are exact; the host total differs only by the approximated compute buffer.
     assert abs(host.error_mib) < 64
     assert calibration.measurements()[-1].digest == m.digest
-    shown = estimate_profile(load_config(demo_project), "demo", "none")
+    shown = estimate_fit(load_config(demo_project), "demo", "none")
     assert shown.measured is not None and shown.measured.digest == m.digest
     with pytest.raises(Exception, match="not running"):
         calibrate(config, "demo")

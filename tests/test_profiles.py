@@ -202,3 +202,19 @@ def test_tensor_overrides_split_like_llama_cpp():
         (r"blk\.([0-9]|1[0-9])\.", "CUDA0"), (r"blk\.(2[0-9])\.", "CUDA1"), ("exps", "CPU")]
     with pytest.raises(ValidationError, match="pattern=buffer"):
         parse_tensor_overrides("exps")
+
+
+def test_a_dry_run_leaves_the_loaded_config_and_the_file_as_they_were(write_conf):
+    path = write_conf(BASIC)
+    before = path.read_text()
+    config = load_config(path)
+    preview = update_profile(config, "glm-flash-q4", set={"TEMP": "0.1"}, dry_run=True)
+    assert "+TEMP=0.1" in preview.diff and path.read_text() == before
+    assert config.document.render() == before and config.profile("glm-flash-q4").get("TEMP") is None
+    # A real edit through the same Config carries only its own change, not the earlier preview's.
+    update_profile(config, "glm-flash-q4", set={"CTX_SIZE": "65536"})
+    after = path.read_text()
+    assert "CTX_SIZE=65536" in after and "TEMP=0.1" not in after
+    create_profile(config, "new", {"MODEL": "x.gguf"}, dry_run=True)
+    retire_profile(config, "bench-glm-flash-q4", dry_run=True)
+    assert path.read_text() == after and list(config.profiles) == ["glm-flash-q4", "bench-glm-flash-q4"]

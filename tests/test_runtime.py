@@ -91,9 +91,9 @@ def test_start_ready_answer_stop(runtime, project):
     assert view.status == InstanceStatus.READY and view.load_seconds and view.load_seconds > 0
     reply = chat(view.url, "Say hi.", max_tokens=8, temperature=0)
     assert reply["choices"][0]["message"]["content"].strip()
-    (listed,) = [v for v in runtime.status() if v.profile == "demo"]
+    (listed,) = [v for v in runtime.status().instances if v.profile == "demo"]
     assert listed.status == "ready" and listed.uptime_s is not None and listed.pid
-    (stopped,) = runtime.stop_model("demo")
+    (stopped,) = runtime.stop_model("demo").instances
     assert stopped.status == InstanceStatus.STOPPED
     assert not listening(view.port)  # stop returns only once the port is free
 
@@ -103,7 +103,7 @@ def test_second_copy_is_refused_and_state_is_shared(runtime, project):
     other = reload(runtime, project)
     with pytest.raises(AlreadyRunning, match="already ready"):
         other.start_model("demo")
-    assert [v.profile for v in other.status() if v.status == "ready"] == ["demo"]
+    assert [v.profile for v in other.status().instances if v.status == "ready"] == ["demo"]
 
 
 def test_switch_a_to_b(runtime, project):
@@ -111,7 +111,7 @@ def test_switch_a_to_b(runtime, project):
     result = runtime.switch_model("tiny")
     assert [v.profile for v in result.stopped] == ["demo"]
     assert result.started and result.started.profile == "tiny" and result.started.status == "ready"
-    states = {v.profile: v.status for v in runtime.status()}
+    states = {v.profile: v.status for v in runtime.status().instances}
     assert states == {"demo": "stopped", "tiny": "ready"}
 
 
@@ -124,7 +124,7 @@ def test_switch_to_broken_profile_rolls_back(runtime, project):
     result = info.value.result
     assert [v.profile for v in result.rolled_back] == ["demo"] and result.started is None
     assert "invalid-argument" in (result.error or "")
-    states = {v.profile: v.status for v in runtime.status()}
+    states = {v.profile: v.status for v in runtime.status().instances}
     assert states["demo"] == "ready" and states["tiny"] == "failed"
 
 
@@ -138,7 +138,7 @@ def test_killed_server_is_reported_failed_with_log_kept(runtime, project, backen
         docker.from_env().containers.get(view.container_id).kill(signal="SIGKILL")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        (current,) = [v for v in runtime.status() if v.profile == "demo"]
+        (current,) = [v for v in runtime.status().instances if v.profile == "demo"]
         if current.status == "failed":
             break
         time.sleep(0.1)
@@ -181,7 +181,7 @@ def test_failed_starts_are_diagnosed(runtime, project, breakage, cause):
             blocker.close()
     assert time.monotonic() - started < 30  # failed as soon as the process ended
     assert info.value.diagnosis.cause == cause, info.value
-    (failed,) = [v for v in runtime.status() if v.profile == "tiny"]
+    (failed,) = [v for v in runtime.status().instances if v.profile == "tiny"]
     assert failed.status == "failed" and failed.diagnosis.cause == cause
 
 
@@ -206,14 +206,14 @@ def test_start_times_out_while_loading(runtime, project):
     with pytest.raises(StartFailed) as info:
         runtime.start_model("demo", timeout_s=0.05)
     assert info.value.diagnosis.cause == "timeout"
-    assert not any(v.status in ("loading", "ready") for v in runtime.status())
+    assert not any(v.status in ("loading", "ready") for v in runtime.status().instances)
 
 
 def test_two_profiles_side_by_side(runtime, project):
     a = runtime.start_model("demo")
     b = runtime.start_model("tiny")
     assert a.port != b.port
-    assert {v.profile for v in runtime.status() if v.status == "ready"} == {"demo", "tiny"}
+    assert {v.profile for v in runtime.status().instances if v.status == "ready"} == {"demo", "tiny"}
 
 
 def test_logs_kept_across_restarts_and_load_report(runtime, project):
@@ -235,7 +235,9 @@ def test_concurrent_starts_from_two_processes_give_one_instance(project, backend
     codes = sorted(p.returncode for p in procs)
     try:
         assert codes == [0, 1], results
-        assert any("already" in err for _, err in results)
+        # The loser's --json error names why, with its code.
+        errors = [json.loads(out)["error"] for (out, _), p in zip(results, procs) if p.returncode == 1]
+        assert [e["code"] for e in errors] == ["already-running"] and "already" in errors[0]["message"]
         records = Registry().all()
         assert len([r for r in records if r.profile == "demo" and r.is_live]) == 1
         for path in Registry().dir.glob("*.json"):
@@ -252,7 +254,7 @@ def test_instance_outlives_the_cli_that_started_it(project):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            (view,) = [v for v in runtime.status() if v.profile == "tiny"]
+            (view,) = [v for v in runtime.status().instances if v.profile == "tiny"]
             if view.status != "loading":
                 break
             time.sleep(0.1)
@@ -287,7 +289,7 @@ def test_stale_record_with_dead_pid_is_cleaned(runtime, project):
     fake = record.model_copy(update={"id": "ghost-1", "profile": "ghost", "pid": 999999, "supervisor_pid": None,
                                      "exit_file": None, "port": 1, "backend": "native", "container_id": None})
     registry.save(fake)
-    states = {v.profile: v for v in runtime.status()}
+    states = {v.profile: v for v in runtime.status().instances}
     assert states["ghost"].status == "failed" and "no exit status" in states["ghost"].diagnosis.summary
 
 
@@ -297,7 +299,7 @@ def test_twenty_start_stop_cycles_leave_nothing_behind(runtime, project, backend
         runtime.start_model("tiny")
         runtime.stop_model("tiny")
     assert set(no_llama_servers_left()) <= before
-    assert [v.status for v in runtime.status()] == ["stopped"]
+    assert [v.status for v in runtime.status().instances] == ["stopped"]
     if backend == "docker":
         import docker
 

@@ -202,7 +202,7 @@ def test_racing_switches_and_starts_never_share_a_device(project, tmp_path):
     outcomes: list[Outcome] = []
     for n in range(ROUNDS):
         outcomes += _race(project, tmp_path, [("switch", "a"), ("switch", "b"), ("start", "c")], f"round-{n}")
-    final = runtime.status()
+    final = runtime.status().instances
     seen = _history(outcomes, final)
     assert not _violations(outcomes, seen), "\n".join(_violations(outcomes, seen))
 

@@ -108,7 +108,7 @@ def test_orphans_touch_only_this_homes_servers(runtime, project, engine_path, tm
         # The other home's server and the hand-started one are untouched, and the other home still owns its own.
         assert psutil.Process(started["pid"]).is_running() and by_hand.poll() is None
         other_status = json.loads(_cli(project, "status", "--json", home=other_home, check=True).stdout)
-        assert [v["status"] for v in other_status if v["profile"] == "tiny"] == ["ready"]
+        assert [v["status"] for v in other_status["instances"] if v["profile"] == "tiny"] == ["ready"]
 
         with pytest.raises(ForeignServer, match="another llama-pilot home"):
             Runtime(load_config(project)).adopt(found[started["pid"]])
@@ -200,19 +200,19 @@ def _servers_with_home(home: Path) -> list[int]:
 def test_start_killed_right_after_spawning_is_found_and_stoppable(runtime, project, tmp_path):
     _launch_and_kill(project, "after-spawn", tmp_path)
     # The keeper is still starting (1 s): this status call must wait for it, not call the start failed.
-    (view,) = [v for v in Runtime(load_config(project)).status() if v.profile == "tiny"]
+    (view,) = [v for v in Runtime(load_config(project)).status().instances if v.profile == "tiny"]
     assert view.status in ("loading", "ready"), view
     assert view.pid and psutil.Process(view.pid).name() == "llama-server"
     with pytest.raises(AlreadyRunning):
         Runtime(load_config(project)).start_model("tiny")  # no second copy on the next port
-    stopped = Runtime(load_config(project)).stop_model("all")
+    stopped = Runtime(load_config(project)).stop_model("all").instances
     assert [v.profile for v in stopped] == ["tiny"]
     assert _servers_with_home(paths.home()) == []
 
 
 def test_start_killed_before_spawning_is_failed_and_leaves_no_process(runtime, project, tmp_path):
     _launch_and_kill(project, "before-spawn", tmp_path)
-    (view,) = [v for v in Runtime(load_config(project)).status() if v.profile == "tiny"]
+    (view,) = [v for v in Runtime(load_config(project)).status().instances if v.profile == "tiny"]
     assert view.status == "failed" and view.pid is None
     assert _servers_with_home(paths.home()) == []
     assert Runtime(load_config(project)).start_model("tiny").status == "ready"  # the profile is usable again
@@ -225,12 +225,12 @@ def test_deleted_state_folder_server_is_recovered_by_status(runtime, project):
     first = runtime.start_model("tiny")
     shutil.rmtree(paths.home() / "state")
     fresh = Runtime(load_config(project))
-    (view,) = [v for v in fresh.status() if v.profile == "tiny"]
+    (view,) = [v for v in fresh.status().instances if v.profile == "tiny"]
     assert view.pid == first.pid and view.status == "ready" and view.adopted
     assert "record was lost" in (view.note or "")
     with pytest.raises(AlreadyRunning):
         fresh.start_model("tiny")
-    assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
+    assert [v.pid for v in Runtime(load_config(project)).stop_model("all").instances] == [first.pid]
     assert _servers_with_home(paths.home()) == []
 
 
@@ -240,9 +240,9 @@ def test_renamed_home_keeps_its_servers(runtime, project, tmp_path, monkeypatch)
     paths.home().rename(new_home)  # the records travel with the folder
     monkeypatch.setenv(paths.HOME_ENV, str(new_home))
     try:
-        (view,) = [v for v in Runtime(load_config(project)).status() if v.status == "ready"]
+        (view,) = [v for v in Runtime(load_config(project)).status().instances if v.status == "ready"]
         assert view.pid == first.pid
-        assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
+        assert [v.pid for v in Runtime(load_config(project)).stop_model("all").instances] == [first.pid]
     finally:
         _kill_tree(first.pid)
 
@@ -253,9 +253,9 @@ def test_deleted_home_server_is_recovered_by_the_next_home(runtime, project, tmp
     shutil.rmtree(old_home)
     monkeypatch.setenv(paths.HOME_ENV, str(tmp_path / "next-home"))
     try:
-        (view,) = [v for v in Runtime(load_config(project)).status() if v.status == "ready"]
+        (view,) = [v for v in Runtime(load_config(project)).status().instances if v.status == "ready"]
         assert view.pid == first.pid and "no longer exists" in (view.note or "") and str(old_home) in view.note
-        assert [v.pid for v in Runtime(load_config(project)).stop_model("all")] == [first.pid]
+        assert [v.pid for v in Runtime(load_config(project)).stop_model("all").instances] == [first.pid]
     finally:
         _kill_tree(first.pid)
 
@@ -266,12 +266,12 @@ def test_another_existing_homes_server_is_reported_not_taken(runtime, project, t
     monkeypatch.setenv(paths.HOME_ENV, str(tmp_path / "second-home"))
     try:
         fresh = Runtime(load_config(project))
-        assert fresh.status() == []
-        (other,) = [o for o in fresh.elsewhere() if o.pid == first.pid]
+        assert fresh.status().instances == []
+        (other,) = [o for o in fresh.status().elsewhere if o.pid == first.pid]
         assert other.owner == "other-home" and other.home == str(old_home) and other.profile == "tiny"
         shown = _cli(project, "status", check=True).stdout
         assert f"pid {first.pid}" in shown and str(old_home) in shown
-        assert fresh.stop_model("all") == [] and psutil.Process(first.pid).is_running()
+        assert fresh.stop_model("all").instances == [] and psutil.Process(first.pid).is_running()
     finally:
         monkeypatch.setenv(paths.HOME_ENV, str(old_home))
         Runtime(load_config(project)).stop_model("all")
@@ -314,7 +314,7 @@ def test_status_and_stop_work_when_a_profile_was_created_after_start(runtime, pr
     runtime.start_model("tiny")
     create_profile(load_config(project), "other", {"MODEL": "synth/tiny.gguf"})
     update_profile(load_config(project), "tiny", set={"CTX_SIZE": "256"})
-    assert {v.profile for v in Runtime(load_config(project)).status()} == {"tiny"}
+    assert {v.profile for v in Runtime(load_config(project)).status().instances} == {"tiny"}
 
 
 def test_a_segfaulting_server_is_reported_crashed(runtime):
@@ -323,7 +323,7 @@ def test_a_segfaulting_server_is_reported_crashed(runtime):
     os.kill(view.pid, signal.SIGSEGV)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        (current,) = [v for v in runtime.status() if v.profile == "tiny"]
+        (current,) = [v for v in runtime.status().instances if v.profile == "tiny"]
         if current.status == "failed":
             break
         time.sleep(0.05)

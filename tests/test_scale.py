@@ -34,7 +34,7 @@ def test_lint_reads_each_file_once_and_stops_at_the_tokenizer(write_conf, monkey
         return real(path)
 
     monkeypatch.setattr(ggufmeta, "model_keys", counting)
-    findings = lint.lint_config(load_config(conf))
+    findings = lint.lint_profiles(load_config(conf)).findings
     assert len(reads) == 5 and len(set(reads)) == 5
     assert not [f for f in findings if f.severity == "error"]
 

@@ -45,7 +45,7 @@ def test_the_table_is_for_the_pinned_engine():
     # Bumping the engine pin means re-reading --help: this fails until the table says it was done.
     assert server_flags.CLASSIFIED_FOR_BUILD == engine.LLAMA_CPP_BUILD_NUMBER, (
         "the engine pin changed: run the new llama-server --help, classify every new flag in "
-        "mcp_server/server_flags.py, save the help as tests/data/, then bump CLASSIFIED_FOR_BUILD")
+        "mcp_server/engine/flags.py, save the help as tests/data/, then bump CLASSIFIED_FOR_BUILD")
 
 
 def test_every_flag_of_the_help_snapshot_is_classified():
@@ -120,13 +120,13 @@ async def test_exploit_and_aliases_are_refused_over_mcp_and_file_untouched(conf)
     before = conf.read_bytes()
     async with Client(build_server(conf)) as client:
         for extra in REFUSED:
-            result = await client.call_tool("update_model", {"profile": "p1", "set": {"EXTRA_ARGS": extra}})
+            result = await client.call_tool("update_profile", {"profile": "p1", "set": {"EXTRA_ARGS": extra}})
             assert result.is_error, extra
             assert "EXTRA_ARGS" in result.content[0].text
-        created = await client.call_tool("create_model", {"profile": "p2", "values": {
+        created = await client.call_tool("create_profile", {"profile": "p2", "values": {
             "MODEL": "tiny.gguf", "EXTRA_ARGS": EXPLOIT}})
         assert created.is_error and "can start programs" in created.content[0].text
-        ot = await client.call_tool("update_model", {"profile": "p1", "set": {
+        ot = await client.call_tool("update_profile", {"profile": "p1", "set": {
             "OVERRIDE_TENSORS": "blk=RPC0[10.0.0.1:50052]"}})
         assert ot.is_error and "local buffer" in ot.content[0].text
     assert conf.read_bytes() == before
@@ -138,10 +138,10 @@ async def test_allowed_flags_start_the_real_server_and_the_exploit_runs_nothing(
                                                                                 monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the exploit would have written pwned.txt
     async with Client(build_server(conf)) as client:
-        refused = await client.call_tool("update_model", {"profile": "p1", "set": {"EXTRA_ARGS": EXPLOIT}})
+        refused = await client.call_tool("update_profile", {"profile": "p1", "set": {"EXTRA_ARGS": EXPLOIT}})
         assert refused.is_error
         allowed = "--threads 2 -fa off --no-warmup --jinja --alias tiny --seed 7 --no-context-shift -cram 0"
-        ok = await client.call_tool("update_model", {"profile": "p1", "set": {"EXTRA_ARGS": allowed}})
+        ok = await client.call_tool("update_profile", {"profile": "p1", "set": {"EXTRA_ARGS": allowed}})
         assert not ok.is_error, ok.content[0].text
         started = await client.call_tool("start_model", {"profile": "p1", "timeout_s": 120})
         try:
@@ -218,7 +218,7 @@ async def test_fuzzed_sequences_through_update_model_match_the_guard(conf):
             except ArgsError:
                 expected_ok = False
             extra = shlex.join(tokens)
-            result = await client.call_tool("update_model", {"profile": "p1", "set": {"EXTRA_ARGS": extra},
+            result = await client.call_tool("update_profile", {"profile": "p1", "set": {"EXTRA_ARGS": extra},
                                                               "dry_run": True})
             assert result.is_error != expected_ok, (tokens, result.content[0].text)
     assert json.dumps(load_config(conf).profile("p1").values)  # untouched by dry runs

@@ -154,7 +154,7 @@ async def test_mcp_tools_on_read_only_storage_say_what_and_how(mounts, write_con
     read_only(home)
     monkeypatch.setenv("LLAMA_PILOT_HOME", str(home))
     async with Client(build_server(conf)) as client:
-        for tool, args in [("status", {}), ("update_model", {"profile": "p1", "set": {"CTX_SIZE": "1024"}}),
+        for tool, args in [("status", {}), ("update_profile", {"profile": "p1", "set": {"CTX_SIZE": "1024"}}),
                            ("stop_model", {}), ("tail_logs", {"profile": "p1"})]:
             result = await client.call_tool(tool, args)
             text = result.content[0].text

@@ -20,7 +20,7 @@ from mcp_server.runtime.registry import InstanceRecord, InstanceStatus
 from mcp_server.profiles.config import load_config
 from mcp_server.profiles.edits import update_profile
 from mcp_server.runtime.lifecycle import Runtime
-from mcp_server.monitoring.system import StatsState, read_system
+from mcp_server.monitoring.system import StatsState, system_stats
 
 
 def record(profile: str = "demo", *, pid: int | None = None, backend: str = "native", **extra) -> InstanceRecord:
@@ -44,7 +44,7 @@ def busy():
 def test_host_figures_and_first_call_primes():
     state = StatsState()
     started = time.monotonic()
-    stats = read_system(instances=[], sampler_state=state, prime_s=0.2)
+    stats = system_stats(instances=[], sampler_state=state, prime_s=0.2)
     assert 0.15 <= time.monotonic() - started < 2 and stats.interval_s == pytest.approx(0.2, abs=0.15)
     assert stats.cpu_count == psutil.cpu_count() == len(stats.per_core_pct)
     assert 0 <= stats.cpu_pct <= 100 and all(0 <= p <= 100 for p in stats.per_core_pct)
@@ -53,7 +53,7 @@ def test_host_figures_and_first_call_primes():
     assert stats.swap_total_mib >= stats.swap_used_mib >= 0 and stats.instances == []
     time.sleep(0.3)
     started = time.monotonic()
-    later = read_system(instances=[], sampler_state=state)
+    later = system_stats(instances=[], sampler_state=state)
     assert time.monotonic() - started < 0.15  # no priming once the state has a previous reading
     assert later.interval_s == pytest.approx(0.3, abs=0.2)
 
@@ -61,22 +61,22 @@ def test_host_figures_and_first_call_primes():
 def test_process_rss_and_cpu_between_calls(busy):
     state = StatsState()
     inst = record("busy", pid=busy.pid, pid_create_time=psutil.Process(busy.pid).create_time())
-    first = read_system([inst], state, prime_s=0.3)
+    first = system_stats([inst], state, prime_s=0.3)
     (s,) = first.instances
     assert s.rss_mib and s.rss_mib > 1 and s.threads and s.cpu_pct is not None and s.note is None
     time.sleep(0.5)
-    (s,) = read_system([inst], state).instances
+    (s,) = system_stats([inst], state).instances
     assert s.cpu_pct is not None and s.cpu_pct > 5  # shared machine: well under one full core is possible
     assert (s.profile, s.backend, s.status, s.pid) == ("busy", "native", "ready", busy.pid)
 
 
 def test_new_instance_has_no_cpu_until_the_next_call(busy):
     state = StatsState()
-    read_system([], state, prime_s=0.05)
+    system_stats([], state, prime_s=0.05)
     inst = record("late", pid=busy.pid)
-    assert read_system([inst], state).instances[0].cpu_pct is None
+    assert system_stats([inst], state).instances[0].cpu_pct is None
     time.sleep(0.2)
-    assert read_system([inst], state).instances[0].cpu_pct is not None
+    assert system_stats([inst], state).instances[0].cpu_pct is not None
 
 
 def test_stale_gone_and_stopped_records(busy):
@@ -85,7 +85,7 @@ def test_stale_gone_and_stopped_records(busy):
     stale = record("stale", pid=busy.pid, pid_create_time=1.0)
     dead = record("dead", pid=gone.pid)
     stopped = record("stopped", pid=busy.pid, status=InstanceStatus.STOPPED)
-    stats = read_system([stale, dead, stopped], StatsState(), prime_s=0.05)
+    stats = system_stats([stale, dead, stopped], StatsState(), prime_s=0.05)
     by = {s.profile: s for s in stats.instances}
     assert set(by) == {"stale", "dead"}  # only live records are reported
     assert by["stale"].rss_mib is None and "stale" in by["stale"].note
@@ -115,7 +115,7 @@ def test_docker_container_figures(busy):
     state = StatsState()
     state.docker = types.SimpleNamespace(containers=types.SimpleNamespace(get=lambda ref: container))
     inst = record("boxed", backend="docker", pid=busy.pid, container_id=cid)
-    (first,) = read_system([inst], state, prime_s=0.01).instances
+    (first,) = system_stats([inst], state, prime_s=0.01).instances
     assert first.container_mem_mib == 900.0 and first.container_mem_limit_mib == 8192.0
     assert first.container_cpu_pct == pytest.approx(0.5 / 2 * 4 * 100)  # 0.5 s of CPU over 2 s of 4 CPUs
     assert container.calls[0] == {"stream": False, "one_shot": True}
@@ -132,7 +132,7 @@ def test_docker_failures_leave_figures_empty(monkeypatch, busy):
     monkeypatch.setitem(sys.modules, "docker", broken)
     inst = record("boxed", backend="docker", pid=busy.pid, container_id="d" * 64)
     state = StatsState()
-    (s,) = read_system([inst], state, prime_s=0.01).instances
+    (s,) = system_stats([inst], state, prime_s=0.01).instances
     assert s.container_mem_mib is None and s.container_cpu_pct is None and "Docker is not reachable" in s.note
     assert s.rss_mib  # the host process figures are still there
 
@@ -140,7 +140,7 @@ def test_docker_failures_leave_figures_empty(monkeypatch, busy):
         raise LookupError("No such container")
 
     state.docker, state.docker_failed = types.SimpleNamespace(containers=types.SimpleNamespace(get=missing)), None
-    (s,) = read_system([inst], state).instances
+    (s,) = system_stats([inst], state).instances
     assert s.container_mem_mib is None and "Docker stats failed" in s.note
 
 
@@ -153,11 +153,11 @@ def test_real_instance_rss_and_cpu(engine_path, demo_project):
     view = runtime.start_model("demo")
     try:
         state = StatsState()
-        (first,) = read_system(sampler_state=state, prime_s=0.1).instances  # from the registry
+        (first,) = system_stats(sampler_state=state, prime_s=0.1).instances  # from the registry
         assert (first.profile, first.pid, first.backend) == ("demo", view.pid, "native")
         assert first.rss_mib and first.rss_mib > 50  # the model is mapped and touched
         chat(view.url, "Say hi.", max_tokens=8, temperature=0)
-        (second,) = read_system(sampler_state=state).instances
+        (second,) = system_stats(sampler_state=state).instances
         assert second.cpu_pct is not None and second.cpu_pct > 0 and second.threads and second.threads > 1
         result = CliRunner().invoke(cli, ["stats"], catch_exceptions=False)
         row = next(line for line in result.output.splitlines() if line.startswith("demo"))
@@ -182,7 +182,7 @@ def test_cli_stats_watch(monkeypatch):
     real_sleep = time.sleep
 
     def sleep(seconds):
-        if seconds < 0.5:  # read_system's first, priming wait
+        if seconds < 0.5:  # system_stats's first, priming wait
             return real_sleep(seconds)
         frames.append(seconds)  # the watch loop's wait for the next redraw
         if len(frames) == 2:

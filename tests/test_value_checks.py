@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from mcp_server.errors import ValidationError
-from mcp_server.profiles.lint import lint_config
+from mcp_server.profiles.lint import lint_profiles
 from mcp_server.profiles.config import load_config, validate_value
 from mcp_server.profiles.edits import update_profile
 from mcp_server.runtime.lifecycle import Runtime
@@ -70,7 +70,7 @@ def test_odd_ids_are_refused_by_the_cli(write_conf, profile_id):
 def test_a_hand_written_long_id_is_a_lint_error(write_conf):
     long_id = "x" * 80
     conf = write_conf(CONF + f"\n[{long_id}]\nMODEL=a.gguf\n")
-    findings = [f for f in lint_config(load_config(conf)) if f.code == "bad-id"]
+    findings = [f for f in lint_profiles(load_config(conf)).findings if f.code == "bad-id"]
     assert [f.profile for f in findings] == [long_id] and findings[0].severity == "error"
 
 

@@ -36,9 +36,13 @@ Progress = Callable[[int, int, str], None]
 class BenchError(LlamaPilotError):
     """A benchmark could not run or finish; the message says why and what to do."""
 
+    code = "bench"
+
 
 class BenchCancelled(BenchError):
     """The run was cancelled (Ctrl-C, cancel_job); what was finished is kept and can be resumed."""
+
+    code = "bench-cancelled"
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -37,7 +37,7 @@ KNOWN_MD5 = {"full": "fe585eb4df8c88d844eeb463ea4d0302", "mini": "401e75ad986361
 
 
 class DatasetMissing(BenchError):
-    pass
+    code = "dataset-missing"
 
 
 class DatasetInfo(BaseModel):

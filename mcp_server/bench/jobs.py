@@ -35,7 +35,7 @@ LIVE = ("queued", "running")
 
 
 class JobError(LlamaPilotError):
-    pass
+    code = "job"
 
 
 class JobProgress(BaseModel):
@@ -88,7 +88,7 @@ def _load(job_id: str) -> Job:
     try:
         return Job(**read_json(_path(job_id)))
     except FileNotFoundError:
-        known = ", ".join(j.id for j in list_jobs()[:5]) or "none"
+        known = ", ".join(j.id for j in _recent(5)) or "none"
         raise JobError(f"no job {job_id!r} (recent jobs: {known})") from None
 
 
@@ -132,7 +132,16 @@ def get_job(job_id: str) -> Job:
     return _reconcile(_load(job_id))
 
 
-def list_jobs(limit: int = 50) -> list[Job]:
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+def list_jobs(limit: int = 20) -> JobList:
+    """Recent background benchmark jobs, newest first."""
+    return JobList(jobs=_recent(limit))
+
+
+def _recent(limit: int) -> list[Job]:
     jobs = []
     for path in sorted(jobs_dir().glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]:
         try:
@@ -142,11 +151,43 @@ def list_jobs(limit: int = 50) -> list[Job]:
     return jobs
 
 
+def run_benchmark(config_path: str | os.PathLike[str] | None, profile: str,
+                  kind: Literal["evalplus", "speed"] = "evalplus", *, limit: int | None = None,
+                  tasks: str | None = None, mini: bool = False, resume: str | None = None,
+                  create_bench: bool = False, max_tokens: int | None = None, concurrency: int | None = None,
+                  prompt_tokens: list[int] | None = None, gen_tokens: list[int] | None = None, reps: int = 3,
+                  update_profile: bool = False) -> Job:
+    """Check what can be checked now (the profile exists; for EvalPlus the dataset and the bench
+    profile), then start the benchmark as a background job and return it at once.
+
+    EvalPlus takes limit/tasks/mini/resume/create_bench/max_tokens/concurrency; speed takes
+    prompt_tokens/gen_tokens/reps/update_profile (its defaults are the speed runner's)."""
+    from mcp_server.profiles.config import load_config
+
+    params: dict[str, Any]
+    if kind == "evalplus":
+        params = {"limit": limit, "tasks": tasks, "mini": mini, "resume": resume, "create_bench": create_bench,
+                  "max_tokens": max_tokens, "concurrency": concurrency}
+    else:
+        params = {"reps": reps, "update_profile": update_profile}
+        if prompt_tokens:
+            params["prompt_tokens"] = list(prompt_tokens)
+        if gen_tokens:
+            params["gen_tokens"] = list(gen_tokens)
+    config = load_config(config_path)
+    config.profile(profile)  # an unknown profile is refused now, not in the background
+    if kind == "evalplus":
+        from mcp_server.bench.evalplus_run import preflight
+
+        preflight(config, profile, **params)
+    return start_job(kind, profile, params, config.path)
+
+
 def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str, Any],
               config_path: str | os.PathLike[str] | None) -> Job:
     """Launch a detached benchmark runner; refuses while another benchmark job runs."""
     with exclusive_lock(jobs_dir() / "lock"):
-        running = [j for j in list_jobs() if j.status in LIVE]
+        running = [j for j in _recent(50) if j.status in LIVE]
         if running:
             raise JobError(f"busy: benchmark job {running[0].id} is {running[0].status} "
                            f"({running[0].progress.done}/{running[0].progress.total}); wait for it or cancel it")

@@ -1,4 +1,4 @@
-"""Short summaries of benchmark runs, for ``bench results`` and the ``bench_results`` MCP tool."""
+"""Short summaries of benchmark runs: ``bench_results`` (the MCP tool and the CLI command)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from mcp_server.bench import list_runs
+from mcp_server.bench import list_runs, results_root
 
 
 class RunSummary(BaseModel):
@@ -54,3 +54,15 @@ def summarize_runs(root: Path, profile: str | None = None, kind: str | None = No
         if limit and len(out) >= limit:
             break
     return out
+
+
+class RunList(BaseModel):
+    results_root: str
+    runs: list[RunSummary]
+
+
+def bench_results(profile: str | None = None, kind: str | None = None, limit: int | None = 50,
+                  results: str | Path | None = None) -> RunList:
+    """Benchmark runs on disk, newest first (``results``: the results folder, default per docs/benchmarks.md)."""
+    root = results_root(results)
+    return RunList(results_root=str(root), runs=summarize_runs(root, profile=profile, kind=kind, limit=limit))

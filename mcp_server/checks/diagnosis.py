@@ -1,7 +1,7 @@
 """Why did a profile not start, and what does the host look like right now: ``diagnose``.
 
 One report for an agent or a person who is asking "what is wrong": the last failed start of the
-profile (cause, fix and the log lines behind them, from :func:`mcp_server.runtime.server_log.diagnose`), the
+profile (cause, fix and the log lines behind them, from :func:`mcp_server.runtime.server_log.explain_exit`), the
 lint findings for that profile (a missing file shows up here before any start), and a health
 snapshot: the engine that would run, the GPUs, every instance, and the ports profiles use.
 Nothing here changes anything.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import EngineError
-from mcp_server.runtime.registry import Diagnosis
-from mcp_server.profiles.lint import Finding, lint_config
+from mcp_server.profiles.lint import Finding, lint_profiles
+from mcp_server.runtime.registry import LIVE, Diagnosis, InstanceStatus
 from mcp_server.profiles.config import Config
 from mcp_server.runtime.lifecycle import InstanceView, LogTail, NotRunning, Runtime, port_is_free
 
@@ -70,9 +70,9 @@ def _engine(config: Config) -> EngineCheck:
 
 
 def _gpus() -> GpuCheck:
-    from mcp_server.monitoring.gpu import read_gpus
+    from mcp_server.monitoring.gpu import gpu_stats
 
-    report = read_gpus()
+    report = gpu_stats()
     lines = [f"CUDA{g.cuda_index if g.cuda_index is not None else '?'} {g.name or '?'}: "
              f"{g.memory_used_mib if g.memory_used_mib is not None else '?'}/"
              f"{g.memory_total_mib if g.memory_total_mib is not None else '?'} MiB used" for g in report.gpus]
@@ -84,7 +84,7 @@ def _ports(config: Config, instances: list[InstanceView]) -> list[PortCheck]:
     for profile in config.profiles.values():
         port = int(profile.get("PORT") or config.host.port)
         wanted.setdefault(port, []).append(profile.id)
-    live = {v.port: v for v in instances if v.status in ("loading", "ready")}
+    live = {v.port: v for v in instances if v.status in LIVE}
     checks = []
     for port in sorted(wanted):
         mine = live.get(port)
@@ -95,7 +95,7 @@ def _ports(config: Config, instances: list[InstanceView]) -> list[PortCheck]:
 
 
 def health_snapshot(config: Config, runtime: Runtime | None = None) -> HealthSnapshot:
-    instances = (runtime or Runtime(config)).status()
+    instances = (runtime or Runtime(config)).status().instances
     return HealthSnapshot(engine=_engine(config), gpus=_gpus(), instances=instances,
                           ports=_ports(config, instances))
 
@@ -111,12 +111,12 @@ def diagnose(config: Config, profile: str | None = None, log_lines: int = 30) ->
                               findings=[], log_tail=[], health=health)
     mine = [v for v in health.instances if v.profile == profile]
     last = max(mine, key=lambda v: v.started_at) if mine else None
-    findings = lint_config(config, profile)
+    findings = lint_profiles(config, profile).findings
     try:
         tail: LogTail | None = runtime.tail_logs(profile, lines=log_lines)
     except NotRunning:
         tail = None
-    diagnosis = last.diagnosis if last is not None and last.status == "failed" else None
+    diagnosis = last.diagnosis if last is not None and last.status == InstanceStatus.FAILED else None
     return DiagnoseReport(profile=profile, verdict=_verdict(profile, last, diagnosis, findings, health),
                           last_instance=last, diagnosis=diagnosis, findings=findings,
                           log_tail=tail.lines if tail else [], health=health)
@@ -125,7 +125,7 @@ def diagnose(config: Config, profile: str | None = None, log_lines: int = 30) ->
 def _health_verdict(health: HealthSnapshot) -> str:
     if not health.engine.found:
         return "no llama-server: run `llama-pilot engine build` (or set ENGINE / $LLAMA_SERVER)"
-    failed = [v.profile for v in health.instances if v.status == "failed"]
+    failed = [v.profile for v in health.instances if v.status == InstanceStatus.FAILED]
     if failed:
         return f"last start failed for {', '.join(failed)}: diagnose that profile for the cause and fix"
     return "engine found; nothing failed"
@@ -142,8 +142,8 @@ def _verdict(profile: str, last: InstanceView | None, diagnosis: Diagnosis | Non
         return "no llama-server: run `llama-pilot engine build` (or set ENGINE / $LLAMA_SERVER)"
     if last is None:
         return f"{profile}: never started here; no lint errors"
-    if last.status == "ready":
+    if last.status == InstanceStatus.READY:
         return f"{profile}: ready at {last.url}"
-    if last.status == "loading":
+    if last.status == InstanceStatus.LOADING:
         return f"{profile}: still loading"
     return f"{profile}: last run {last.status}; no failure recorded"

@@ -11,27 +11,11 @@ from typing import Any
 
 import click
 
+from mcp_server.cli.common import config_of, emit_json, fail, json_option, table
 from mcp_server.errors import LlamaPilotError
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 results_option = click.option("--results", "results", type=click.Path(file_okay=False),
                               help="Results folder (default: $LLAMA_PILOT_BENCH_DIR, else $LLAMA_PILOT_HOME/bench).")
-
-
-def _config(ctx: click.Context):  # type: ignore[no-untyped-def]
-    from mcp_server.profiles.config import load_config
-
-    return load_config(ctx.obj["config"] if ctx.obj else None)
-
-
-def _emit(value: Any) -> None:
-    from mcp_server.cli.main import emit_json
-
-    emit_json(value)
-
-
-def _fail(exc: LlamaPilotError) -> None:
-    raise click.ClickException(str(exc)) from exc
 
 
 def _ints(value: str | None, what: str) -> list[int] | None:
@@ -73,12 +57,12 @@ def profile_cmd(ctx: click.Context, profile: str, ctx_per_slot: int, parallel: i
     from mcp_server.bench.evalplus_run import create_bench_profile
 
     try:
-        result = create_bench_profile(_config(ctx), profile, ctx_per_slot=ctx_per_slot, parallel=parallel,
+        result = create_bench_profile(config_of(ctx), profile, ctx_per_slot=ctx_per_slot, parallel=parallel,
                                       dry_run=dry_run)
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(result)
+        return emit_json(result)
     click.echo(result.diff, nl=False)
     click.echo("(dry run: nothing written)" if dry_run else f"saved {result.path}")
 
@@ -109,22 +93,20 @@ def speed_cmd(ctx: click.Context, profile: str, prompt_tokens: str, gen_tokens: 
     from mcp_server.bench.speed import run_speed
 
     try:
-        run = run_speed(_config(ctx), profile, progress=None if as_json else _progress,
+        run = run_speed(config_of(ctx), profile, progress=None if as_json else _progress,
                         say=(lambda _m: None) if as_json else _say, **params)
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(run)
-    from mcp_server.cli.main import _table
-
+        return emit_json(run)
     rows = [[str(c.prompt_tokens), str(c.gen_tokens), f"{c.prompt_tps.median:.1f}",
              f"{c.generation_tps.median:.1f} ({c.generation_tps.min:.1f}-{c.generation_tps.max:.1f})",
              f"{c.ttft_ms.median:.0f}"] for c in run.cases]
-    click.echo(_table(rows, ["PROMPT", "GEN", "PROMPT t/s", "GEN t/s median (min-max)", "TTFT ms"]))
+    click.echo(table(rows, ["PROMPT", "GEN", "PROMPT t/s", "GEN t/s median (min-max)", "TTFT ms"]))
     if run.concurrency:
         rows = [[str(p.concurrency), f"{p.aggregate_tps.median:.1f}", f"{p.per_request_tps.median:.1f}",
                  f"x{p.speedup_vs_1:.2f}" if p.speedup_vs_1 else ""] for p in run.concurrency]
-        click.echo(_table(rows, ["CONCURRENT", "AGGREGATE t/s", "PER REQUEST t/s", "VS 1"]))
+        click.echo(table(rows, ["CONCURRENT", "AGGREGATE t/s", "PER REQUEST t/s", "VS 1"]))
     for note in run.skipped:
         click.echo(f"skipped: {note}")
     if run.profile_update is not None:
@@ -182,7 +164,7 @@ def evalplus_cmd(ctx: click.Context, profiles: tuple[str, ...], create_bench: bo
     failed = []
     for profile in profiles:
         try:
-            run = run_evalplus(_config(ctx), profile, progress=None if as_json else _progress,
+            run = run_evalplus(config_of(ctx), profile, progress=None if as_json else _progress,
                                say=(lambda _m: None) if as_json else _say, **params)
         except BenchCancelled as exc:
             click.echo(str(exc), err=True)
@@ -191,7 +173,7 @@ def evalplus_cmd(ctx: click.Context, profiles: tuple[str, ...], create_bench: bo
             os._exit(130)  # request threads still waiting on the server must not hold the exit
         except LlamaPilotError as exc:
             if len(profiles) == 1:
-                _fail(exc)
+                fail(exc)
             click.echo(f"{profile}: {exc}", err=True)
             failed.append(profile)
             continue
@@ -207,13 +189,13 @@ def evalplus_cmd(ctx: click.Context, profiles: tuple[str, ...], create_bench: bo
         from mcp_server.bench.report import write_report
 
         try:
-            report = write_report(_config(ctx), results=results, client_conf=client_conf)
+            report = write_report(config_of(ctx), results=results, client_conf=client_conf)
         except LlamaPilotError as exc:
-            _fail(exc)
+            fail(exc)
         if not as_json:
             click.echo(f"report: {report.path}")
     if as_json:
-        _emit({"runs": runs, "failed": failed, "report": report.path if report else None})
+        emit_json({"runs": runs, "failed": failed, "report": report.path if report else None})
     if failed:
         sys.exit(1)
 
@@ -236,98 +218,145 @@ def report_cmd(ctx: click.Context, output: str | None, reference: str | None, cl
 
     config = None
     try:
-        config = _config(ctx)
+        config = config_of(ctx)
     except LlamaPilotError:
         pass  # no models.conf: names come from the run manifests
     try:
         report = write_report(config, output=output, results=results, reference=reference, client_conf=client_conf,
                               all_runs=all_runs, profiles=list(profiles) or None, chart=not no_chart)
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(report.model_dump(mode="json", exclude={"markdown"}))
+        return emit_json(report.model_dump(mode="json", exclude={"markdown"}))
     click.echo(f"report: {report.path}" + (f"\nchart: {report.chart}" if report.chart else ""))
 
 
-@bench.command("results")
-@click.argument("profile", required=False)
-@click.option("--kind", type=click.Choice(["speed", "evalplus"]), help="Only this kind of run.")
-@results_option
-@json_option
-def results_cmd(profile: str | None, kind: str | None, results: str | None, as_json: bool) -> None:
-    """List benchmark runs (newest first): status, scores or speed, folder."""
-    from mcp_server.bench import results_root
-    from mcp_server.bench.results import summarize_runs
-
-    runs = summarize_runs(results_root(results), profile=profile, kind=kind)
-    if as_json:
-        return _emit(runs)
-    from mcp_server.cli.main import _table
-
-    rows = [[r.profile, r.run_id, r.status, r.problems or "", r.headline or "", r.date or ""] for r in runs]
-    click.echo(_table(rows, ["PROFILE", "RUN", "STATUS", "PROBLEMS", "RESULT", "DATE"]) if rows else "no runs")
-
-
 def _start_job(ctx: click.Context, kind: str, profile: str, params: dict[str, Any], as_json: bool) -> None:
-    from mcp_server.paths import config_path
-    from mcp_server.bench.jobs import start_job
+    """`bench speed/evalplus --background`: the same job run_benchmark starts."""
+    from mcp_server.bench.jobs import run_benchmark
 
     try:
-        config = _config(ctx)
-        config.profile(profile)  # unknown profile, missing dataset...: refuse now, not in the background
-        if kind == "evalplus":
-            from mcp_server.bench.evalplus_run import preflight
-
-            preflight(config, profile, **params)
-        conf = config_path(ctx.obj["config"] if ctx.obj else None)
-        job = start_job(kind, profile, params, conf)  # type: ignore[arg-type]
+        job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, **params)  # type: ignore[arg-type]
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(job)
-    click.echo(f"started job {job.id} (log: {job.log_path}); follow it with `llama-pilot bench jobs {job.id}`")
+        return emit_json(job)
+    click.echo(f"started job {job.id} (log: {job.log_path}); follow it with `llama-pilot get-job {job.id}`")
 
 
-@bench.command("jobs")
-@click.argument("job_id", required=False)
+# --- the benchmark tools as commands: run-benchmark, get-job, list-jobs, cancel-job, bench-results ---------
+
+
+@click.command("run-benchmark")
+@click.argument("profile")
+@click.option("--kind", type=click.Choice(["evalplus", "speed"]), default="evalplus", show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10000), help="evalplus: only the first N problems.")
+@click.option("--tasks", help="evalplus: problem ids or numbers, ranges allowed (0-9,17,HumanEval/42).")
+@click.option("--mini", is_flag=True, help="evalplus: the Mini dataset.")
+@click.option("--resume", help="evalplus: 'latest' or a run id.")
+@click.option("--create-bench", is_flag=True, help="evalplus: create bench-PROFILE if missing.")
+@click.option("--max-tokens", type=click.IntRange(16, 131072), help="evalplus: override MAX_TOKENS.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="evalplus: requests in flight.")
+@click.option("--prompt-tokens", help="speed: prompt lengths, comma separated.")
+@click.option("--gen-tokens", help="speed: generation lengths, comma separated.")
+@click.option("--reps", type=click.IntRange(1, 20), default=3, show_default=True, help="speed: repetitions.")
+@click.option("--update-profile", is_flag=True, help="speed: write the result into the profile's SPEED.")
 @json_option
-def jobs_cmd(job_id: str | None, as_json: bool) -> None:
-    """Background benchmark jobs, or one job in full."""
-    from mcp_server.bench.jobs import get_job, list_jobs
+@click.pass_context
+def run_benchmark_cmd(ctx: click.Context, profile: str, kind: str, limit: int | None, tasks: str | None, mini: bool,
+                      resume: str | None, create_bench: bool, max_tokens: int | None, concurrency: int | None,
+                      prompt_tokens: str | None, gen_tokens: str | None, reps: int, update_profile: bool,
+                      as_json: bool) -> None:
+    """Start a benchmark as a background job and print its id (poll with get-job, stop with cancel-job)."""
+    from mcp_server.bench.jobs import run_benchmark
 
     try:
-        jobs = [get_job(job_id)] if job_id else list_jobs()
+        job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, limit=limit,  # type: ignore[arg-type]
+                            tasks=tasks, mini=mini, resume=resume, create_bench=create_bench, max_tokens=max_tokens,
+                            concurrency=concurrency, prompt_tokens=_ints(prompt_tokens, "--prompt-tokens"),
+                            gen_tokens=_ints(gen_tokens, "--gen-tokens"), reps=reps, update_profile=update_profile)
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(jobs[0] if job_id else jobs)
-    if job_id:
-        job = jobs[0]
-        click.echo(f"{job.id}: {job.status}, {job.progress.done}/{job.progress.total} {job.progress.message}")
-        for line in job.messages[-5:]:
-            click.echo(f"  {line}")
-        if job.error:
-            click.echo(f"error: {job.error}")
-        if job.result:
-            _emit(job.result)
-        return
-    from mcp_server.cli.main import _table
-
-    rows = [[j.id, j.status, f"{j.progress.done}/{j.progress.total}", j.created_at] for j in jobs]
-    click.echo(_table(rows, ["JOB", "STATUS", "PROGRESS", "CREATED"]) if rows else "no jobs")
+        return emit_json(job)
+    click.echo(f"started job {job.id} (log: {job.log_path}); follow it with `llama-pilot get-job {job.id}`")
 
 
-@bench.command("cancel")
+@click.command("get-job")
 @click.argument("job_id")
 @json_option
-def cancel_cmd(job_id: str, as_json: bool) -> None:
-    """Stop a background job (its run stays resumable)."""
+def get_job_cmd(job_id: str, as_json: bool) -> None:
+    """One background benchmark job: status, progress, recent messages, result or error."""
+    from mcp_server.bench.jobs import get_job
+
+    try:
+        job = get_job(job_id)
+    except LlamaPilotError as exc:
+        fail(exc)
+    if as_json:
+        return emit_json(job)
+    click.echo(f"{job.id}: {job.status}, {job.progress.done}/{job.progress.total} {job.progress.message}")
+    for line in job.messages[-5:]:
+        click.echo(f"  {line}")
+    if job.error:
+        click.echo(f"error: {job.error}")
+    if job.result:
+        emit_json(job.result)
+
+
+@click.command("list-jobs")
+@click.option("--limit", type=click.IntRange(1, 200), default=20, show_default=True)
+@json_option
+def list_jobs_cmd(limit: int, as_json: bool) -> None:
+    """Recent background benchmark jobs, newest first."""
+    from mcp_server.bench.jobs import list_jobs
+
+    listed = list_jobs(limit)
+    if as_json:
+        return emit_json(listed)
+    rows = [[j.id, j.status, f"{j.progress.done}/{j.progress.total}", j.created_at] for j in listed.jobs]
+    click.echo(table(rows, ["JOB", "STATUS", "PROGRESS", "CREATED"]) if rows else "no jobs")
+
+
+@click.command("cancel-job")
+@click.argument("job_id")
+@json_option
+def cancel_job_cmd(job_id: str, as_json: bool) -> None:
+    """Stop a background benchmark job (its run stays resumable)."""
     from mcp_server.bench.jobs import cancel_job
 
     try:
         job = cancel_job(job_id)
     except LlamaPilotError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
-        return _emit(job)
+        return emit_json(job)
     click.echo(f"{job.id}: {job.status}")
+
+
+@click.command("bench-results")
+@click.option("--profile", help="Only this profile's runs.")
+@click.option("--kind", type=click.Choice(["speed", "evalplus"]), help="Only this kind of run.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@results_option
+@json_option
+def bench_results_cmd(profile: str | None, kind: str | None, limit: int, results: str | None, as_json: bool) -> None:
+    """Benchmark runs on disk (newest first): status, scores or speed, folder."""
+    from mcp_server.bench.results import bench_results
+
+    listed = bench_results(profile=profile, kind=kind, limit=limit, results=results)
+    if as_json:
+        return emit_json(listed)
+    rows = [[r.profile, r.run_id, r.status, r.problems or "", r.headline or "", r.date or ""] for r in listed.runs]
+    click.echo(table(rows, ["PROFILE", "RUN", "STATUS", "PROBLEMS", "RESULT", "DATE"]) if rows else "no runs")
+
+
+# The commands this module adds to `llama-pilot` (cli.main loads the module when one is called).
+COMMANDS: dict[str, click.Command] = {
+    bench.name: bench,
+    run_benchmark_cmd.name: run_benchmark_cmd,
+    get_job_cmd.name: get_job_cmd,
+    list_jobs_cmd.name: list_jobs_cmd,
+    cancel_job_cmd.name: cancel_job_cmd,
+    bench_results_cmd.name: bench_results_cmd,
+}

@@ -40,7 +40,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Log, OptionList, Static
 from textual.widgets.option_list import Option
 
-from mcp_server.profiles.listing import ModelSummary, list_models
+from mcp_server.profiles.listing import ProfileSummary, list_profiles
+from mcp_server.runtime.registry import InstanceStatus
 from mcp_server.errors import LlamaPilotError
 from mcp_server.runtime.registry import LIVE
 from mcp_server.runtime.server_log import LoadProgress, strip_ansi
@@ -365,7 +366,7 @@ class Poller:
                 next_status = time.monotonic() + self.interval_s
                 try:
                     runtime = runtime or Runtime(load_config(self.config_path))
-                    views = runtime.status()
+                    views = runtime.status().instances
                 except LlamaPilotError as exc:
                     error = str(exc)
                 except Exception as exc:  # a poll must never end the dashboard
@@ -550,7 +551,7 @@ def header_text(current: InstanceView | None, name: str | None, *, busy: str | N
         text.append("   ")
         text.append(f" {(status or '').upper()} ", style=f"bold black on {style}")
         text.append(f"   port {current.port}")
-        if status == "ready" and current.ready_at:
+        if status == InstanceStatus.READY and current.ready_at:
             text.append(f"   up {duration(now - current.ready_at)}")
             if current.load_seconds:
                 text.append(f" (loaded in {current.load_seconds:.1f} s)", style="dim")
@@ -565,7 +566,7 @@ def header_text(current: InstanceView | None, name: str | None, *, busy: str | N
     if others:
         text.append("   also running: " + ", ".join(f"{o.profile} :{o.port}" for o in others), style="dim")
     text.append("\n")
-    if busy or status == "loading":
+    if busy or status == InstanceStatus.LOADING:
         shown = progress or (current.progress if current is not None else None)
         text.append(busy or f"loading {current.profile if current else ''}", style="yellow")
         if shown is not None:
@@ -574,14 +575,14 @@ def header_text(current: InstanceView | None, name: str | None, *, busy: str | N
             text.append("█" * filled, style="yellow")
             text.append("░" * (30 - filled), style="dim")
             text.append(f" {shown.fraction:.0%}")
-    elif status == "failed" and current is not None:
+    elif status == InstanceStatus.FAILED and current is not None:
         d = current.diagnosis
         if d is not None:
             text.append(f"failed ({d.cause}): {d.summary}", style="red")
             text.append(f"  fix: {d.fix}", style="dim")
         else:
             text.append(f"failed (exit {current.exit_code})", style="red")
-    elif status == "ready" and current is not None:
+    elif status == InstanceStatus.READY and current is not None:
         text.append(f"{current.url}/v1/chat/completions", style="cyan")
         text.append(f"   {current.backend}, pid {current.pid or (current.container_id or '')[:12]}", style="dim")
     else:
@@ -606,7 +607,7 @@ class PickerScreen(ModalScreen[str | None]):
         *[Binding(str(i), f"pick_number({i})", show=False) for i in range(1, 10)],
     ]
 
-    def __init__(self, models: list[ModelSummary], current: str | None) -> None:
+    def __init__(self, models: list[ProfileSummary], current: str | None) -> None:
         super().__init__()
         self.models, self.current = models, current
 
@@ -630,7 +631,7 @@ class PickerScreen(ModalScreen[str | None]):
             yield Static(Text("Up/Down, Enter switch, 1-9 pick, Esc cancel, q quit", style="dim"),
                          id="picker-hint")
 
-    def _option(self, model: ModelSummary, width: int, number: int | None) -> Option:
+    def _option(self, model: ProfileSummary, width: int, number: int | None) -> Option:
         mark = "●" if model.profile == self.current else " "
         text = Text()
         text.append(f"{number}) " if number else "   ", style="dim")
@@ -910,7 +911,7 @@ class Dashboard(App[str | None]):
             return
         try:
             self.config = load_config(self.config.path)  # profiles edited since the start show up
-            models = list_models(self.config)
+            models = list_profiles(self.config).profiles
         except LlamaPilotError as exc:
             self.notify(str(exc), severity="error", timeout=10)
             return
@@ -920,7 +921,7 @@ class Dashboard(App[str | None]):
     def _picked(self, profile: str | None) -> None:
         if profile is None:
             return
-        if self.current and self.current.profile == profile and self.current.status == "ready":
+        if self.current and self.current.profile == profile and self.current.status == InstanceStatus.READY:
             self.notify(f"{profile} is already running")
             return
 
@@ -947,7 +948,7 @@ class Dashboard(App[str | None]):
 
     def _stop(self, target: InstanceView, after: str | None) -> None:
         def stop(runtime: Runtime) -> OperationDone:
-            views = runtime.stop_model(target.id)
+            views = runtime.stop_model(target.id).instances
             done = ", ".join(f"{v.profile} (port {v.port} free)" for v in views) or "nothing"
             return OperationDone("stop", True, f"stopped {done}", shown=views[0] if views else None)
 

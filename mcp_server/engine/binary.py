@@ -35,7 +35,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import EngineBuildError, EngineError, EngineNotFound
-from mcp_server.files import exclusive_lock, sha256_of
+from mcp_server.files import atomic_write, exclusive_lock, sha256_of
 from mcp_server.paths import cache_dir, engines_dir
 
 LLAMA_CPP_VERSION = "11434.0.0"
@@ -576,10 +576,7 @@ def _write_record(plan: BuildPlan, seconds: dict[str, float], server: Path) -> N
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "version_text": text,
     }
-    path = Path(plan.install_dir) / "build.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(Path(plan.install_dir) / "build.json", json.dumps(record, indent=2) + "\n")
 
 
 def installed_plan_matches(plan: BuildPlan) -> bool:

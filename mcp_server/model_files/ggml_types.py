@@ -7,7 +7,7 @@ cache rows (the placement estimate) all come from it. llama.cpp's *file* types
 
 from __future__ import annotations
 
-from mcp_server.model_files.reader import GGUFFormatError
+from mcp_server.errors import GGUFFormatError
 
 # ggml type id -> (name, elements per block, bytes per block), as in this llama.cpp build's ggml.c.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {

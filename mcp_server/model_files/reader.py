@@ -13,6 +13,8 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from mcp_server.errors import GGUFFormatError
+
 GGUF_MAGIC = b"GGUF"
 
 # GGUF value types (gguf spec): fixed-size scalars, then string (8) and array (9).
@@ -22,10 +24,6 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 
 SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-
-class GGUFFormatError(ValueError):
-    """The file is not a GGUF we can read."""
 
 
 class SkippedArray:

@@ -72,7 +72,7 @@ def _values(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def _data_chunks(name: str, shape: list[int], type_id: int, rng: np.random.Generator) -> Iterator[bytes]:
     """The tensor's data in the ggml type, a few MB at a time (a sparse model's embeddings are big)."""
-    from mcp_server.model_files.layout import GGML_TYPES
+    from mcp_server.model_files.ggml_types import GGML_TYPES
 
     n = int(np.prod(shape, dtype=np.int64))
     if type_id in (F32, F16, BF16):
@@ -154,7 +154,7 @@ def _write(paths: list[Path], tensors: list[Tensor], metadata: dict[str, object]
            split: bool, fill: Callable[[str], bool], seed: int) -> list[Path]:
     import gguf
 
-    from mcp_server.model_files.layout import tensor_bytes
+    from mcp_server.model_files.ggml_types import tensor_bytes
 
     rng = np.random.default_rng(seed)
     paths[0].parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """GPU stats from NVML (``nvidia-ml-py``): per GPU, per process, and which llama-pilot instance owns it.
 
-:func:`read_gpus` answers with a :class:`GpuReport`. Where there is no NVIDIA driver, no GPU, or
+:func:`gpu_stats` answers with a :class:`GpuReport`. Where there is no NVIDIA driver, no GPU, or
 no ``pynvml``, the report says so (``gpus=[]`` and a plain ``reason``) instead of raising. A field
 NVML refuses (a datacenter GPU has no fan, a laptop may not report power) is ``None``: nothing is
 ever estimated or made up, and a field refused as *not supported* is not asked for again.
@@ -265,7 +265,7 @@ def close(source: Any | None = None) -> None:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def read_gpus(source: Any | None = None, instances: "Iterable[InstanceRecord] | None" = None, *,
+def gpu_stats(source: Any | None = None, instances: "Iterable[InstanceRecord] | None" = None, *,
               env: dict[str, str] | None = None,
               cuda_probe: Callable[[], list[str] | None] | None = None) -> GpuReport:
     """Every GPU NVML reports, with its processes mapped to llama-pilot instances.
@@ -320,7 +320,7 @@ def gpu_pids(source: Any | None = None) -> set[int] | None:
     """The pids holding memory on any GPU (compute or graphics), through the one NVML session.
 
     None when GPUs cannot be read (no pynvml, no driver, NVML refused): the caller cannot tell.
-    Cheaper than :func:`read_gpus`: no device facts, no process names, no owners."""
+    Cheaper than :func:`gpu_stats`: no device facts, no process names, no owners."""
     if source is None:
         source, _ = _default_source()
         if source is None:

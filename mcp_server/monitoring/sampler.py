@@ -9,7 +9,7 @@ The dashboard keeps one :class:`Sampler` for its lifetime::
     sampler.stop()
 
 The MCP server keeps no sampler (each conversation is a fresh process): its tools call
-:func:`mcp_server.monitoring.gpu.read_gpus` and :func:`mcp_server.monitoring.system.read_system` directly.
+:func:`mcp_server.monitoring.gpu.gpu_stats` and :func:`mcp_server.monitoring.system.system_stats` directly.
 
 History keys are stable strings (``keys()`` lists those seen so far):
 
@@ -42,9 +42,9 @@ from typing import Any, Iterator
 
 from pydantic import BaseModel
 
-from mcp_server.monitoring.gpu import GpuReport, read_gpus
+from mcp_server.monitoring.gpu import GpuReport, gpu_stats
 from mcp_server.runtime.registry import InstanceRecord, Registry
-from mcp_server.monitoring.system import StatsState, SystemStats, read_system
+from mcp_server.monitoring.system import StatsState, SystemStats, system_stats
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,10 @@ class Sampler:
             started = time.monotonic()
             records = self._instances()
             if self.gpu_enabled:
-                gpu = read_gpus(self.gpu_source, records)
+                gpu = gpu_stats(self.gpu_source, records)
             else:
                 gpu = GpuReport(gpus=[], reason="GPU sampling is off", at=time.time())
-            system = read_system(records, self._state, prime_s=0.0 if self.samples else 0.1)
+            system = system_stats(records, self._state, prime_s=0.0 if self.samples else 0.1)
             snap = Snapshot(at=time.time(), gpu=gpu, system=system, took_s=round(time.monotonic() - started, 4))
             self._record(snap)
             self.samples += 1

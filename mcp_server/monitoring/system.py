@@ -1,6 +1,6 @@
 """Host stats (``psutil``) and per-instance process stats; Docker instances add their container's.
 
-CPU figures are rates, so they need two readings. :func:`read_system` keeps what it needs between
+CPU figures are rates, so they need two readings. :func:`system_stats` keeps what it needs between
 calls in a :class:`StatsState` (the CPU time counters, one ``psutil.Process`` per instance and the
 last container CPU counters): pass the same state on every call (the sampler keeps its own; calls
 without one share a module-level state). A state's first call primes the counters, waits
@@ -64,7 +64,7 @@ class SystemStats(BaseModel):
 
 
 class StatsState:
-    """What :func:`read_system` carries from one call to the next. Not shared between threads:
+    """What :func:`system_stats` carries from one call to the next. Not shared between threads:
     one state per caller (the sampler serialises its own calls)."""
 
     def __init__(self) -> None:
@@ -81,14 +81,12 @@ class StatsState:
         return self.cpu_times is None
 
 
-_default_state = StatsState()
-
-
-def read_system(instances: "Iterable[InstanceRecord] | None" = None, sampler_state: StatsState | None = None,
-                *, prime_s: float = 0.2) -> SystemStats:
+def system_stats(instances: "Iterable[InstanceRecord] | None" = None, sampler_state: StatsState | None = None,
+                 *, prime_s: float = 0.2) -> SystemStats:
     """Host CPU/RAM/swap/load, and per live instance its llama-server's RSS and CPU (plus the
     container's figures for Docker instances). ``instances`` default to the registry's live ones."""
-    state = sampler_state or _default_state
+    # A fresh state measures CPU over the last prime_s seconds; a kept one (the sampler, --watch) since its last call.
+    state = sampler_state or StatsState()
     records = _live(instances)
     with state.lock:
         if state.fresh and prime_s > 0:

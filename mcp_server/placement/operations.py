@@ -1,9 +1,11 @@
-"""Placement front door: estimate a profile, plan a model file, write a plan into a profile.
+"""The placement operations: ``estimate_fit`` (a profile's memory per device), ``plan_placement``
+(settings for a model file, optionally written into a profile) and ``calibrate`` (a running profile
+measured against the estimate).
 
-The CLI (``estimate``, ``plan``) and the MCP tools (``estimate_fit``, ``choose_placement``) call
-these functions and only format what they return. The arithmetic lives in ``estimate`` (one
-launch's memory), ``fit`` (what llama-server's default ``--fit`` changes), ``planner`` (choosing
-settings) and ``calibration`` (what earlier launches measured).
+The MCP tools and CLI commands of the same names call these and only format what they return. The
+arithmetic lives in ``estimate`` (one launch's memory), ``fit_replay`` (what llama-server's default
+``--fit`` changes), ``planner`` (choosing settings) and ``calibration`` (what earlier launches
+measured).
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ def gpu_inventory(declared: str | None = None) -> Inventory:
         sizes = parse_gpu_sizes(declared)
         return Inventory(source="declared", gpus=[GpuSlot(device=f"CUDA{i}", total_mib=s, free_mib=s)
                                                    for i, s in enumerate(sizes)])
-    from mcp_server.monitoring.gpu import read_gpus
+    from mcp_server.monitoring.gpu import gpu_stats
 
-    report = read_gpus()
+    report = gpu_stats()
     gpus = report.in_cuda_order()
     slots = [GpuSlot(device=f"CUDA{i}", name=g.name, total_mib=g.memory_total_mib,
                      free_mib=float(g.memory_free_mib or 0)) for i, g in enumerate(gpus)]
@@ -117,8 +119,8 @@ class ProfileEstimate(BaseModel):
         default=None, description="llama-fit-params --fit-print: MiB per device (model, context, compute)")
 
 
-def estimate_profile(config: Config, profile: str, gpus: str | None = None, *, oracle: bool = False,
-                     replay_fit: bool = True) -> ProfileEstimate:
+def estimate_fit(config: Config, profile: str, gpus: str | None = None, *, oracle: bool = False,
+                 replay_fit: bool = True) -> ProfileEstimate:
     """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs."""
     spec = launch_spec(config.profile(profile), config)
     info = read_layout(spec.model_path)
@@ -175,16 +177,14 @@ def calibrate(config: Config, profile: str, note: str | None = None) -> calibrat
     """Measure the profile's running instance (log + NVML), compare with the estimate, and store it."""
     import datetime as dt
 
-    from mcp_server.monitoring.gpu import read_gpus
-    from mcp_server.runtime.lifecycle import NotRunning, Runtime
+    from mcp_server.monitoring.gpu import gpu_stats
+    from mcp_server.runtime.lifecycle import Runtime
 
     runtime = Runtime(config)
-    view = next((v for v in runtime.status() if v.profile == profile and v.status == "ready"), None)
-    if view is None:
-        raise NotRunning(f"{profile} is not running and ready: start it, then calibrate")
+    view = runtime.ensure_ready(profile)  # a loading model is waited for; none running: NotRunning
     record = next(r for r in runtime.registry.all() if r.id == view.id)
     report = runtime.load_report(profile)
-    gpus = read_gpus()
+    gpus = gpu_stats()
     ordered = gpus.in_cuda_order()
     nvml = {f"CUDA{i}": float(p.used_mib) for i, g in enumerate(ordered) for p in g.processes
             if p.pid == view.pid and p.used_mib is not None}
@@ -215,29 +215,62 @@ class PlanResult(BaseModel):
     edit: EditResult | None = Field(default=None, description="the profile edit, when asked to write it")
 
 
-def plan(model_path: str | Path, ctx: int = 0, gpus: str | None = None, *, kv_type: str = "f16", slots: int = 1,
-         ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB, config: Config | None = None,
-         write_profile: str | None = None, dry_run: bool = False) -> PlanResult:
-    """Plan placement for a model file; with ``write_profile``, write the settings into that profile."""
-    info = read_layout(model_path)
-    inventory = gpu_inventory(gpus)
-    overhead, _ = inventory.overhead()
-    host_free = _host_available_mib()
-    result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots, ubatch=ubatch,
-                            reserve_mib=reserve_mib, overhead_mib=overhead, host_free_mib=host_free)
-    edit = None
+def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | None = None, *,
+                   kv_type: str = "f16", slots: int = 1, ubatch: int = 512,
+                   reserve_mib: float = DEFAULT_RESERVE_MIB, write_profile: str | None = None,
+                   set_model: bool = False, dry_run: bool = False, agent: bool = True) -> PlanResult:
+    """Plan placement for a model file; with ``write_profile``, write the settings into that profile.
+
+    ``model`` is found as :func:`~mcp_server.model_files.local.model_file` finds it (agents: only
+    under MODELS_DIR). Writing into a profile whose MODEL is another file is refused, since the
+    settings were sized for this one, unless ``set_model`` asks to point MODEL at it in the same edit.
+    """
+    from mcp_server.model_files.local import model_file
+
+    path = model_file(config, model, agent=agent)
+    edit_config = None
     if write_profile is not None:
         if config is None:
-            raise ValidationError("write", write_profile, "needs a models.conf")
-        edit = write_plan(config, write_profile, result, dry_run=dry_run)
+            raise ValidationError("write_profile", write_profile, "needs a models.conf (--config)")
+        edit_config = config
+        _check_plan_target(config, write_profile, path, set_model)
+    info = read_layout(path)
+    inventory = gpu_inventory(gpus)
+    overhead, _ = inventory.overhead()
+    result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots,
+                              ubatch=ubatch, reserve_mib=reserve_mib, overhead_mib=overhead,
+                              host_free_mib=_host_available_mib())
+    edit = None
+    if edit_config is not None and write_profile is not None:
+        model_value = _model_value(edit_config, path) if set_model else None
+        edit = write_plan(edit_config, write_profile, result, dry_run=dry_run, model=model_value)
     return PlanResult(plan=result, inventory=inventory, edit=edit)
 
 
-def write_plan(config: Config, profile: str, result: Plan, dry_run: bool = False) -> EditResult:
-    """Set the plan's keys in ``profile`` and remove placement keys that would contradict it (one edit)."""
+def _check_plan_target(config: Config, profile: str, planned: Path, set_model: bool) -> None:
+    current = config.model_path(config.profile(profile))
+    if set_model or (current is not None and current.resolve() == planned.resolve()):
+        return
+    raise ValidationError("write_profile", profile, f"its MODEL is {config.profile(profile).model or '(none)'}, not "
+                          f"{planned.name}: the plan is sized for {planned.name}. Plan that profile's own file, or "
+                          "ask to set MODEL too (set_model / --set-model; the diff shows it)")
+
+
+def _model_value(config: Config, path: Path) -> str:
+    """MODEL as written in models.conf: relative to MODELS_DIR when the file is inside it."""
+    root = Path(config.host.models_dir).resolve()
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if root in resolved.parents else str(resolved)
+
+
+def write_plan(config: Config, profile: str, result: Plan, dry_run: bool = False,
+               model: str | None = None) -> EditResult:
+    """Set the plan's keys in ``profile`` (and MODEL, when given) and remove placement keys that would
+    contradict it, in one edit."""
     section = config.document.section(config.profile(profile).id)
     present = {e.key for e in section.entries} if section is not None else set()
-    return update_profile(config, profile, set=result.settings, unset=[k for k in result.unset if k in present],
+    values = {**({"MODEL": model} if model is not None else {}), **result.settings}
+    return update_profile(config, profile, set=values, unset=[k for k in result.unset if k in present],
                           dry_run=dry_run)
 
 
@@ -250,5 +283,5 @@ def _host_available_mib() -> float | None:
         return None
 
 
-__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "estimate_profile",
-           "fit_params_oracle", "gpu_inventory", "parse_gpu_sizes", "plan", "write_plan"]
+__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "estimate_fit",
+           "fit_params_oracle", "gpu_inventory", "parse_gpu_sizes", "plan_placement", "write_plan"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mcp_server.errors import ConfConflictError, ConfParseError, StorageError
+from mcp_server.errors import ConfConflictError, ConfParseError, ProfileNotFound, StorageError, ValidationError
 from mcp_server.files import sync_dir, write_temp
 
 __all__ = [
@@ -122,22 +122,18 @@ def _is_blank(raw: str) -> bool:
 
 def _check_single_line(what: str, text: str) -> None:
     if "\n" in text or "\r" in text:
-        raise ValueError(f"{what} must be a single line (no '\\n' or '\\r'): {text!r}")
+        raise ValidationError(what, repr(text), "must be a single line (no '\\n' or '\\r')")
 
 
 def _check_key(key: str) -> None:
     if not KEY_RE.fullmatch(key):
-        raise ValueError(
-            f"invalid key {key!r}: a key starts with a letter or '_' and contains only "
-            "letters, digits and '_'"
-        )
+        raise ValidationError("key", key, "a key starts with a letter or '_' and contains only letters, digits "
+                              "and '_'")
 
 
 def _check_id(section_id: str) -> None:
     if not SECTION_ID_RE.fullmatch(section_id):
-        raise ValueError(
-            f"invalid section id {section_id!r}: use only letters, digits, '_', '.' and '-'"
-        )
+        raise ValidationError("section", section_id, "use only letters, digits, '_', '.' and '-'")
 
 
 def _clean_value(value: str) -> str:
@@ -372,13 +368,13 @@ class ConfDocument:
     ) -> None:
         _check_id(id)
         if self.section(id) is not None:
-            raise ValueError(f"section [{id}] already exists at line {self.section(id).line}")
+            raise ValidationError("section", id, f"already exists at line {self.section(id).line}")
         pairs = list(entries.items()) if isinstance(entries, dict) else list(entries)
         seen: set[str] = set()
         for key, _ in pairs:
             _check_key(key)
             if key in seen:
-                raise ValueError(f"key {key!r} given twice for section [{id}]")
+                raise ValidationError(key, "", f"given twice for section [{id}]")
             seen.add(key)
 
         ending = self._ending()
@@ -426,7 +422,7 @@ class ConfDocument:
         """
         target = Path(path) if path is not None else self.path
         if target is None:
-            raise ValueError("this document has no path; pass one to save()")
+            raise ValueError("this document has no path; pass one to save()")  # a caller's bug, not input
         if backup_dir is not None and keep_backups < 1:
             raise ValueError("keep_backups must be at least 1")
         self._check_unchanged(target)
@@ -468,7 +464,7 @@ class ConfDocument:
     def _require(self, id: str) -> Section:
         section = self.section(id)
         if section is None:
-            raise KeyError(id)
+            raise ProfileNotFound(id, self.ids())
         return section
 
     def _ending(self) -> str:

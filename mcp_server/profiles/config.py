@@ -23,6 +23,8 @@ from mcp_server.profiles.conffile import ConfDocument, Section
 from mcp_server.errors import ConfigError, ProfileNotFound, ValidationError
 
 GLOBAL_SECTION = "global"
+# Where a profile's llama-server runs (the BACKEND key). The runtime's Backend protocol implements each.
+BackendName = Literal["native", "docker"]
 BENCH_PREFIX = "bench-"
 
 
@@ -318,7 +320,7 @@ class HostSettings(BaseModel):
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     engine: str | None = None
-    backend: Literal["native", "docker"] = "native"
+    backend: BackendName = "native"
     docker_image: str = DEFAULT_DOCKER_IMAGE
     defaults: dict[str, str] = Field(default_factory=dict, description="profile keys set in [global]")
 

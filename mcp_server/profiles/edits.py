@@ -75,7 +75,7 @@ def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditR
 
 def update_profile(config: Config, profile_id: str, set: dict[str, str] | None = None,
                    unset: list[str] | None = None, dry_run: bool = False, agent: bool = False) -> EditResult:
-    """Set some keys and remove others in one edit (one diff, one write): what ``update_model`` does."""
+    """Set some keys and remove others in one edit (one diff, one write): what ``update_profile`` does."""
     updates, removals = dict(set or {}), list(unset or [])
     if not updates and not removals:
         raise ValidationError("set/unset", "", "nothing to change: give keys to set or to unset")

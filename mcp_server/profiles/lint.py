@@ -231,11 +231,20 @@ def _metadata(path: Path, cache: MetaCache) -> dict:
     return cache[key]
 
 
-def lint_config(config: Config, profile_id: str | None = None) -> list[Finding]:
+class LintReport(BaseModel):
+    """What ``lint_profiles`` found, with the counts a caller gates on."""
+
+    findings: list[Finding]
+    errors: int
+    warnings: int
+
+
+def lint_profiles(config: Config, profile_id: str | None = None) -> LintReport:
     """Findings for one profile, or for every profile in file order."""
     profiles = [config.profile(profile_id)] if profile_id else list(config.profiles.values())
     findings: list[Finding] = []
     cache: MetaCache = {}
     for profile in profiles:
         findings.extend(lint_profile(profile, config, cache))
-    return findings
+    return LintReport(findings=findings, errors=sum(f.severity == "error" for f in findings),
+                      warnings=sum(f.severity == "warning" for f in findings))

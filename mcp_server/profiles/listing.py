@@ -9,7 +9,7 @@ from mcp_server.engine.argv import launch_spec
 from mcp_server.profiles.config import PROFILE_KEY_NAMES, Config, Profile, context_label
 
 
-class ModelSummary(BaseModel):
+class ProfileSummary(BaseModel):
     profile: str
     name: str
     description: str | None
@@ -27,7 +27,7 @@ class KeyValue(BaseModel):
     source: str  # "profile" | "global"
 
 
-class ModelDetail(ModelSummary):
+class ProfileDetail(ProfileSummary):
     line: int
     config_path: str
     model_path: str
@@ -42,18 +42,23 @@ def _present(config: Config, profile: Profile) -> bool:
     return path is not None and all(p.is_file() for p in ggufmeta.shard_paths(path))
 
 
-def _summary(config: Config, profile: Profile) -> ModelSummary:
-    return ModelSummary(profile=profile.id, name=profile.name, description=profile.description, speed=profile.speed,
-                        ctx_size=profile.ctx_size, context=context_label(profile.ctx_size),
-                        model=profile.model or "", file_present=_present(config, profile), is_bench=profile.is_bench)
+def _summary(config: Config, profile: Profile) -> ProfileSummary:
+    return ProfileSummary(profile=profile.id, name=profile.name, description=profile.description, speed=profile.speed,
+                          ctx_size=profile.ctx_size, context=context_label(profile.ctx_size),
+                          model=profile.model or "", file_present=_present(config, profile), is_bench=profile.is_bench)
 
 
-def list_models(config: Config, include_bench: bool = True) -> list[ModelSummary]:
+class ProfileList(BaseModel):
+    profiles: list[ProfileSummary]
+
+
+def list_profiles(config: Config, include_bench: bool = True) -> ProfileList:
     """Every active profile in file order (production first as written, bench- ones included)."""
-    return [_summary(config, p) for p in config.profiles.values() if include_bench or not p.is_bench]
+    return ProfileList(profiles=[_summary(config, p) for p in config.profiles.values()
+                                 if include_bench or not p.is_bench])
 
 
-def get_model(config: Config, profile_id: str) -> ModelDetail:
+def get_profile(config: Config, profile_id: str) -> ProfileDetail:
     profile = config.profile(profile_id)
     ordered = [k for k in PROFILE_KEY_NAMES if profile.get(k) is not None]
     ordered += [k for k in profile.values if k not in ordered]
@@ -61,6 +66,6 @@ def get_model(config: Config, profile_id: str) -> ModelDetail:
             for k in ordered]
     path = config.model_path(profile)
     spec = launch_spec(profile, config, engine=config.host.engine or "llama-server")
-    return ModelDetail(**_summary(config, profile).model_dump(), line=profile.line, config_path=str(config.path),
-                       model_path=str(path), shards=[str(p) for p in ggufmeta.shard_paths(path)] if path else [],
-                       keys=keys, unknown_keys=profile.unknown_keys, argv=spec.argv)
+    return ProfileDetail(**_summary(config, profile).model_dump(), line=profile.line, config_path=str(config.path),
+                         model_path=str(path), shards=[str(p) for p in ggufmeta.shard_paths(path)] if path else [],
+                         keys=keys, unknown_keys=profile.unknown_keys, argv=spec.argv)

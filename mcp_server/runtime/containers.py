@@ -45,13 +45,19 @@ NAME_PREFIX = "llama-pilot-"
 class DockerError(LlamaPilotError):
     """Docker cannot be used for this instance; the message says what to do."""
 
+    code = "docker"
+
 
 class DockerUnavailable(DockerError):
     """The docker SDK is missing or no Docker daemon answers."""
 
+    code = "docker-unavailable"
+
 
 class DockerImageMissing(DockerError):
     """The configured image is not in the local Docker (llama-pilot never pulls)."""
+
+    code = "docker-image-missing"
 
 
 def container_name(record: InstanceRecord) -> str:

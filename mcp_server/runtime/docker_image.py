@@ -52,6 +52,8 @@ _GROUP = "root:x:0:\nllama:x:1000:\nnogroup:x:65534:\n"
 class DockerImageError(LlamaPilotError):
     """The local image cannot be built or inspected."""
 
+    code = "docker-image"
+
 
 def _client() -> Any:
     try:

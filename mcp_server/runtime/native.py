@@ -132,6 +132,19 @@ def argv_model(argv: list[str]) -> str | None:
     return argv_value(argv, "--model", "-m")
 
 
+# The keeper needs only the standard library and this package, so it starts without `site` (-S): no
+# .pth files to run, which is most of an interpreter's start on a loaded machine, and the server it
+# launches comes up that much sooner. The package's folder goes on its path instead.
+KEEPER = (sys.executable, "-S", "-m", "mcp_server.runtime.keeper")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _keeper_env(marks: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **marks}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
 class NativeBackend:
     """llama-server as a local process under a keeper, in its own session and process group."""
 
@@ -152,8 +165,8 @@ class NativeBackend:
         hold = ["--hold-fd", str(hold_fd)] if hold_fd is not None else []
         with open(log_path, "ab") as log:
             keeper = subprocess.Popen(
-                [sys.executable, "-m", "mcp_server.runtime.keeper", *hold, str(pid_file), str(exit_file), "--", *spec.argv],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **record.env},
+                [*KEEPER, *hold, str(pid_file), str(exit_file), "--", *spec.argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_keeper_env(record.env),
                 start_new_session=True, close_fds=True, pass_fds=(hold_fd,) if hold_fd is not None else ())
         pid = self._wait_pid(pid_file, exit_file, keeper)
         return record.model_copy(update={"pid": pid, "supervisor_pid": keeper.pid, "pid_create_time": create_time(pid),

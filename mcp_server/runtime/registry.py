@@ -17,11 +17,12 @@ import time
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 from pydantic import BaseModel, Field
 
 from mcp_server import paths
+from mcp_server.profiles.config import BackendName
 from mcp_server.errors import storage_errors
 from mcp_server.files import atomic_write
 
@@ -51,7 +52,7 @@ class Diagnosis(BaseModel):
 class InstanceRecord(BaseModel):
     id: str
     profile: str
-    backend: Literal["native", "docker"]
+    backend: BackendName
     status: InstanceStatus
     host: str
     port: int

@@ -188,7 +188,7 @@ def _find(lines: list[str], *needles: str) -> list[str]:
     return [line for line in lines if any(n.lower() in line.lower() for n in needles)]
 
 
-def diagnose(text: str, exit_code: int | None, *, timed_out: bool = False, port: int | None = None) -> Diagnosis:
+def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, port: int | None = None) -> Diagnosis:
     """Classify why the last start failed, with a fix; unknown failures carry the last log lines."""
     lines = [line for line in _lines(text) if line]
     tail = lines[-12:]

@@ -1,7 +1,6 @@
-"""The benchmark MCP tools and resources, registered on the server by ``register_bench_tools``.
+"""Benchmarks: run_benchmark, get_job, list_jobs, cancel_job, bench_results, and the report resources.
 
-Tools: ``run_benchmark`` (starts a detached background job and returns at once), ``get_job``,
-``cancel_job``, ``bench_results``. Resources: ``reports://evalplus/REPORT.md`` (the Markdown report,
+``run_benchmark`` starts a detached background job and returns at once. Resources: ``reports://evalplus/REPORT.md`` (the Markdown report,
 rendered from the runs on disk at each read) and ``reports://evalplus/humaneval-plus.png`` (its
 chart). Tools take profile ids and job ids, never paths: the dataset and results folders come from
 the server's environment (docs/benchmarks.md).
@@ -13,42 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-import anyio
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from pydantic import Field
 
+from mcp_server.bench.jobs import Job, JobList
+from mcp_server.bench.results import RunList
 from mcp_server.errors import LlamaPilotError
-from mcp_server.profiles.config import PROFILE_ID_PATTERN, load_config
-from mcp_server.bench import results_root
-from mcp_server.bench.jobs import Job, cancel_job as core_cancel_job, get_job as core_get_job, list_jobs as core_list_jobs, start_job
-from mcp_server.bench.results import RunSummary, summarize_runs
-
-ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN,
-                                 description="profile id: a [section] of models.conf")]
-JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$", description="a job id from run_benchmark")]
-RunId = Annotated[str, Field(pattern=r"^(latest|evalplus-[0-9]{8}-[0-9]{6}(-[0-9]+)?)$",
-                             description="'latest' (newest unfinished run) or a run id such as "
-                                         "evalplus-20260101-120000")]
-TaskList = Annotated[str, Field(pattern=r"^[A-Za-z0-9/,\- ]{1,400}$",
-                                description="problem ids or numbers, ranges allowed: '0-9,17,HumanEval/42'")]
-
-STARTS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
-READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-STOPS_JOB = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+from mcp_server.profiles.config import load_config
+from mcp_server.server.conventions import (READ_ONLY, STARTS_JOB, STOPS_JOB, JobId, ProfileId, RunId, TaskList,
+                                           in_thread)
 
 
-class JobList(BaseModel):
-    jobs: list[Job]
-
-
-class RunList(BaseModel):
-    results_root: str
-    runs: list[RunSummary]
-
-
-def register_bench_tools(mcp, config_path: str | Path | None) -> None:  # type: ignore[no-untyped-def]
-    from mcp_server.paths import config_path as resolve_config
+def register(mcp: MCPServer, config_path: str | Path | None) -> None:
+    from mcp_server.bench import jobs, results
 
     @mcp.tool(annotations=STARTS_JOB)
     async def run_benchmark(
@@ -69,57 +46,31 @@ def register_bench_tools(mcp, config_path: str | Path | None) -> None:  # type: 
         update_profile: Annotated[bool, Field(description="speed: write the result into the profile's SPEED")] = False,
     ) -> Job:
         """Start a benchmark as a background job and return its id at once: 'evalplus' (HumanEval+ pass@1 on the profile's bench- twin; resumable) or 'speed' (prompt/generation tokens/s, time to first token, concurrent throughput). The model is started if needed. Poll get_job for progress (problems done / total) and the result; cancel_job stops it. One benchmark job runs at a time."""
-        if kind == "evalplus":
-            params = {"limit": limit, "tasks": tasks, "mini": mini, "resume": resume, "create_bench": create_bench,
-                      "max_tokens": max_tokens, "concurrency": concurrency}
-        else:
-            params = {"reps": reps, "update_profile": update_profile}
-            if prompt_tokens:
-                params["prompt_tokens"] = prompt_tokens
-            if gen_tokens:
-                params["gen_tokens"] = gen_tokens
-        def start() -> Job:
-            config = load_config(config_path)
-            config.profile(profile)
-            if kind == "evalplus":
-                from mcp_server.bench.evalplus_run import preflight
-
-                preflight(config, profile, **params)
-            return start_job(kind, profile, params, resolve_config(config_path))
-
-        try:
-            return await anyio.to_thread.run_sync(start)
-        except LlamaPilotError as exc:
-            raise ToolError(str(exc)) from exc
+        return await in_thread(lambda: jobs.run_benchmark(
+            config_path, profile, kind, limit=limit, tasks=tasks, mini=mini, resume=resume, create_bench=create_bench,
+            max_tokens=max_tokens, concurrency=concurrency, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+            reps=reps, update_profile=update_profile))
 
     @mcp.tool(annotations=READ_ONLY)
     async def get_job(job_id: JobId) -> Job:
         """A background benchmark job: status (queued/running/done/failed/cancelled), progress (done/total and the current step), recent messages, the result (run folder, scores or speeds) or the error."""
-        try:
-            return await anyio.to_thread.run_sync(lambda: core_get_job(job_id))
-        except LlamaPilotError as exc:
-            raise ToolError(str(exc)) from exc
+        return await in_thread(lambda: jobs.get_job(job_id))
 
     @mcp.tool(annotations=READ_ONLY)
     async def list_jobs(limit: Annotated[int, Field(ge=1, le=200)] = 20) -> JobList:
         """Recent background benchmark jobs, newest first, with status and progress."""
-        return JobList(jobs=await anyio.to_thread.run_sync(lambda: core_list_jobs(limit)))
+        return await in_thread(lambda: jobs.list_jobs(limit))
 
     @mcp.tool(annotations=STOPS_JOB)
     async def cancel_job(job_id: JobId) -> Job:
         """Stop a background benchmark job (its process group gets SIGTERM, then SIGKILL). An EvalPlus run keeps every finished problem and can be resumed with run_benchmark(resume='latest')."""
-        try:
-            return await anyio.to_thread.run_sync(lambda: core_cancel_job(job_id))
-        except LlamaPilotError as exc:
-            raise ToolError(str(exc)) from exc
+        return await in_thread(lambda: jobs.cancel_job(job_id))
 
     @mcp.tool(annotations=READ_ONLY)
     async def bench_results(profile: ProfileId | None = None, kind: Literal["evalplus", "speed"] | None = None,
                             limit: Annotated[int, Field(ge=1, le=500)] = 50) -> RunList:
         """Benchmark runs on disk, newest first: profile, run id, status, HumanEval/HumanEval+ pass@1 or generation/prompt tokens/s, wall times, run folder. The full report is the resource reports://evalplus/REPORT.md."""
-        root = results_root()
-        runs = await anyio.to_thread.run_sync(lambda: summarize_runs(root, profile=profile, kind=kind, limit=limit))
-        return RunList(results_root=str(root), runs=runs)
+        return await in_thread(lambda: results.bench_results(profile=profile, kind=kind, limit=limit))
 
     def _config_or_none():  # type: ignore[no-untyped-def]
         try:

@@ -137,7 +137,7 @@ def gpu_config(tmp_path, request) -> Path:
 
 
 def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
-    from mcp_server.monitoring.gpu import cuda_driver_order, heuristic_fastest_first, read_gpus
+    from mcp_server.monitoring.gpu import cuda_driver_order, heuristic_fastest_first, gpu_stats
     from mcp_server.profiles.config import load_config
     from mcp_server.runtime.lifecycle import Runtime
     from mcp_server.monitoring.sampler import Sampler
@@ -156,13 +156,13 @@ def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
 
         deadline = time.monotonic() + 15  # the context exists once /health is 200; allow the driver a moment
         while time.monotonic() < deadline:
-            before = read_gpus()
+            before = gpu_stats()
             if any(p.pid == view.pid for g in before.gpus for p in g.processes):
                 break
             time.sleep(0.2)
         apps = smi("compute-apps", "pid,used_memory,gpu_bus_id")
         smi_gpus = smi("gpu", "index,pci.bus_id,uuid,name,memory.used,memory.total,driver_version")
-        after = read_gpus()
+        after = gpu_stats()
 
         # -- per process --------------------------------------------------------------------
         ours = [(g, p) for g in after.gpus for p in g.processes if p.pid == view.pid]
@@ -243,7 +243,7 @@ def test_monitoring_against_nvidia_smi(gpu_config, engine_path):
         last_took_ms = 1000 * sampler.latest().took_s
     finally:
         runtime.stop_model("all", grace_s=5)
-    gone = read_gpus()
+    gone = gpu_stats()
     checks.append(("after stop, NVML no longer lists the server", all(p.pid != view.pid for g in gone.gpus for p in g.processes),
                    f"pid {view.pid}"))
 

@@ -1,0 +1,113 @@
+"""What every MCP tool module shares: argument types, annotations, the error map, the progress relay.
+
+A tool module imports these instead of defining its own, so a profile id is checked the same way
+by every tool, an error reaches the client the same way from every tool, and an annotation means
+the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from mcp_server.errors import LlamaPilotError, storage_errors
+from mcp_server.profiles.config import KV_CACHE_TYPES, PROFILE_ID_PATTERN
+
+T = TypeVar("T")
+
+# --- argument types ------------------------------------------------------------------------------
+
+ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, description="profile id: a [section] of models.conf")]
+ProfileOrGlobal = Annotated[str, Field(pattern=PROFILE_ID_PATTERN,
+                                       description="profile id, or 'global' for defaults every profile inherits")]
+KeyName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", description="a models.conf key, e.g. CTX_SIZE")]
+KeyValue = Annotated[str, Field(max_length=4000, description="the value as written after KEY=")]
+ModelFilePath = Annotated[str, Field(min_length=1, max_length=1000,
+                                     description="a .gguf model file relative to the models directory (MODELS_DIR), "
+                                                 "as list_model_files shows it, e.g. Qwen3/Qwen3-8B-Q6_K.gguf")]
+LoadTimeout = Annotated[float | None, Field(gt=0, le=86400, description="seconds to wait for the model to load; "
+                                                                        "default grows with the model's size")]
+GpuSizes = Annotated[str | None, Field(
+    pattern=r"^[0-9A-Za-z., ]{0,80}$",
+    description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
+                "omit to use the free memory of the GPUs NVML sees now")]
+KvCacheType = Annotated[str, Field(pattern="^(" + "|".join(KV_CACHE_TYPES) + ")$", description="KV cache type")]
+JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$", description="a job id from run_benchmark")]
+RunId = Annotated[str, Field(pattern=r"^(latest|evalplus-[0-9]{8}-[0-9]{6}(-[0-9]+)?)$",
+                             description="'latest' (newest unfinished run) or a run id such as "
+                                         "evalplus-20260101-120000")]
+TaskList = Annotated[str, Field(pattern=r"^[A-Za-z0-9/,\- ]{1,400}$",
+                                description="problem ids or numbers, ranges allowed: '0-9,17,HumanEval/42'")]
+Note = Annotated[str | None, Field(max_length=300)]
+
+# --- annotations (hints for the client; the core enforces every rule itself) ---------------------
+
+
+def _hints(*, read_only: bool, destructive: bool, idempotent: bool, open_world: bool = False) -> ToolAnnotations:
+    return ToolAnnotations(read_only_hint=read_only, destructive_hint=destructive, idempotent_hint=idempotent,
+                           open_world_hint=open_world)
+
+
+READ_ONLY = _hints(read_only=True, destructive=False, idempotent=True)
+# test_completion sends one request to a running model: nothing on disk changes, the answer varies.
+ASKS = _hints(read_only=True, destructive=False, idempotent=False)
+# Starting is additive (nothing is lost) and a second call refuses rather than duplicates.
+STARTS = _hints(read_only=False, destructive=False, idempotent=False)
+# Stopping or switching ends whatever clients are using the running model.
+STOPS = _hints(read_only=False, destructive=True, idempotent=True)
+# Creating a profile adds a section and keeps every other line; a second call finds the id taken.
+EDITS = _hints(read_only=False, destructive=False, idempotent=False)
+# update_profile overwrites or removes values (the backup keeps the old file); twice = same file.
+OVERWRITES = _hints(read_only=False, destructive=True, idempotent=True)
+# retire_profile takes a profile out of use (commented out, not deleted); a second call finds none.
+RETIRES = _hints(read_only=False, destructive=True, idempotent=False)
+# calibrate appends a measurement; nothing is overwritten.
+RECORDS = _hints(read_only=False, destructive=False, idempotent=False)
+# A build adds an engine to llama-pilot's cache and removes nothing; an identical build is reused.
+BUILDS = _hints(read_only=False, destructive=False, idempotent=True, open_world=True)
+# A benchmark job runs in the background and writes a new results folder.
+STARTS_JOB = _hints(read_only=False, destructive=False, idempotent=False)
+STOPS_JOB = _hints(read_only=False, destructive=True, idempotent=True)
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def error_text(exc: LlamaPilotError) -> str:
+    """What the client reads: the stable code first (to match on), then the message (to act on)."""
+    return f"{exc.code}: {exc}"
+
+
+@contextmanager
+def tool_errors() -> Iterator[None]:
+    """Domain errors reach the model as tool errors with their code; anything else stays a sanitized crash."""
+    try:
+        with storage_errors("write"):  # a storage failure no core function named yet
+            yield
+    except LlamaPilotError as exc:
+        raise ToolError(error_text(exc)) from exc
+
+
+async def in_thread(fn: Callable[[], T], *, cancellable: bool = False) -> T:
+    """Run blocking core work off the event loop, with domain errors mapped like every tool's."""
+    with tool_errors():
+        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=cancellable)
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+
+def progress_relay(ctx: Context) -> Callable[..., None]:
+    """A callback for core code running in a worker thread: each load-progress report (anything with
+    ``fraction`` and ``stage``) becomes an MCP progress notification on the client's request."""
+
+    def report(progress) -> None:  # type: ignore[no-untyped-def]
+        anyio.from_thread.run(ctx.report_progress, progress.fraction, 1.0, progress.stage)
+
+    return report
