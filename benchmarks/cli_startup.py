@@ -3,8 +3,8 @@
 
 Every figure is a whole process, started the way a shell starts it, so the interpreter, the imports
 and the keeper process are all counted. The start comparison runs the same argv (`llama-pilot args
-PROFILE --json`) on the same port; the bare launch polls /health every 10 ms, the best a
-hand-written script could do. Runs alternate (bare, llama-pilot, llama-pilot, bare, ...) so drift on
+PROFILE --json`) on the same port; the bare launch (startup_overhead.bare_native) polls /health
+every 10 ms, the best a hand-written script could do. Runs alternate (bare, llama-pilot, llama-pilot, bare, ...) so drift on
 a noisy machine hits both sides alike; `python -c pass` is timed beside them as the floor.
 
     python benchmarks/cli_startup.py --config models.conf --profile demo --runs 5 \
@@ -22,8 +22,11 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from startup_overhead import bare_native  # noqa: E402  (the same bare launch, polled every 10 ms)
 
 
 def _cli() -> list[str]:
@@ -35,14 +38,6 @@ def _timed(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
-            return resp.status == 200
-    except Exception:
-        return False
 
 
 def _port_free(port: int) -> bool:
@@ -61,21 +56,6 @@ def _wait_free(port: int) -> None:
     deadline = time.monotonic() + 30
     while not _port_free(port) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def bare_start(argv: list[str], env: dict[str, str], url: str) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        while not _healthy(url):
-            if proc.poll() is not None:
-                raise SystemExit(f"bare llama-server exited with {proc.returncode}")
-            time.sleep(0.01)
-        return time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -110,7 +90,7 @@ def main() -> None:
         for kind in (("bare", "managed") if i % 2 == 0 else ("managed", "bare")):
             _wait_free(args.port)
             if kind == "bare":
-                bare.append(bare_start(spec["argv"], bare_env, url))
+                bare.append(bare_native(spec["argv"], url, env=bare_env))
             else:
                 managed.append(_timed([*cli, "start-model", args.profile, "--port", str(args.port)], env))
                 subprocess.run([*cli, "stop-model", args.profile], env=env, check=True, stdout=subprocess.DEVNULL)

@@ -207,18 +207,30 @@ def _cached_builds() -> list[Path]:
 
 
 def locate_engine(explicit: str | None = None) -> EngineInfo:
-    """Find llama-server: explicit setting, $LLAMA_SERVER, PATH, then llama-pilot's builds."""
+    """Find llama-server: explicit setting, $LLAMA_SERVER, PATH, then llama-pilot's builds; and ask it
+    which build it is (it runs ``--version``)."""
+    path, source = _find_engine(explicit)
+    return describe_engine(path, source)
+
+
+def engine_path(explicit: str | None = None) -> str:
+    """Where :func:`locate_engine` finds llama-server, without running it: what a start needs (a
+    ``--version`` run would add tens of milliseconds to every start)."""
+    return str(Path(_find_engine(explicit)[0]).absolute())
+
+
+def _find_engine(explicit: str | None) -> tuple[str | Path, str]:
     if explicit:
-        return describe_engine(_checked_binary(explicit, "The ENGINE setting"), "explicit")
+        return _checked_binary(explicit, "The ENGINE setting"), "explicit"
     env = os.environ.get(SERVER_ENV)
     if env:
-        return describe_engine(_checked_binary(env, f"${SERVER_ENV}"), "env")
+        return _checked_binary(env, f"${SERVER_ENV}"), "env"
     on_path = shutil.which("llama-server")
     if on_path:
-        return describe_engine(on_path, "path")
+        return on_path, "path"
     builds = _cached_builds()
     if builds:
-        return describe_engine(builds[0], "cache")
+        return builds[0], "cache"
     raise EngineNotFound(
         "No llama-server found. Looked at: the ENGINE setting (not set), "
         f"${SERVER_ENV} (not set), PATH (no llama-server), and llama-pilot's builds in "

@@ -38,6 +38,14 @@ Progress = Callable[["LoadProgress"], None]
 # 250 MB model gets ~62 s and a 60 GB one ~7.5 min before we call it stuck.
 _BASE_TIMEOUT_S = 60.0
 _BYTES_PER_S = 150e6
+_PROGRESS_EVERY_S = 0.25
+
+
+def _poll_delay(elapsed_s: float) -> float:
+    """How long to wait before the next /health poll: 10 ms for the first seconds, as a hand-written
+    launch script would poll (a small model is ready in one or two), then up to 0.1 s, a few percent
+    of any load that takes longer."""
+    return 0.01 if elapsed_s < 5 else min(0.1, 0.01 * elapsed_s / 5)
 
 
 class LifecycleError(LlamaPilotError):
@@ -390,7 +398,7 @@ class Runtime:
 
     def _prepare(self, profile_id: str, backend: str | None) -> _Launch:
         """What a launch needs that does not depend on what runs; found before taking the lock."""
-        from mcp_server.engine.binary import locate_engine
+        from mcp_server.engine.binary import engine_path
 
         profile = self.config.profile(profile_id)
         backend_name = self._backend_name(profile, backend)
@@ -398,7 +406,7 @@ class Runtime:
         if model_path is None or not model_path.is_file():
             raise StartRefused(Diagnosis(cause="model-missing", summary=f"{profile_id}: model file {model_path} is missing",
                                          fix="download it or fix MODEL (llama-pilot lint lists missing files and shards)"))
-        engine = "llama-server" if backend_name == "docker" else locate_engine(self.config.host.engine).path
+        engine = "llama-server" if backend_name == "docker" else engine_path(self.config.host.engine)
         return _Launch(profile=profile, backend=backend_name, model_path=model_path, engine=engine)
 
     def _launch_locked(self, launch: _Launch, live: list[InstanceRecord], *, port: int | None,
@@ -447,8 +455,8 @@ class Runtime:
     def _wait_ready(self, record: InstanceRecord, progress: Progress | None) -> InstanceRecord:
         backend = self.backend(record.backend)
         deadline = record.started_at + record.load_timeout_s
-        delay = 0.02
         last_fraction = -1.0
+        next_progress = 0.0
         while True:
             state = backend.state(record)
             if not state.alive:
@@ -461,7 +469,8 @@ class Runtime:
                     if progress:
                         progress(LoadProgress(stage="ready", fraction=1.0))
                     return ready
-            if progress:
+            if progress and time.monotonic() >= next_progress:
+                next_progress = time.monotonic() + _PROGRESS_EVERY_S  # the log is read whole: not every poll
                 current = load_progress(backend.read_log(record))
                 if current.fraction != last_fraction:
                     last_fraction = current.fraction
@@ -471,8 +480,7 @@ class Runtime:
                 with self.registry.lock():
                     record = self._mark_ended(record, final, timed_out=True)
                 raise StartFailed(record, record.diagnosis or explain_exit("", None, timed_out=True), self._tail(record))
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)  # detection lag stays under 0.1 s, a few % of a short load
+            time.sleep(_poll_delay(time.time() - record.started_at))
 
     def _mark_ready(self, record: InstanceRecord) -> InstanceRecord | None:
         """Record that the server answers, on the record as it is now (not our copy, which may
