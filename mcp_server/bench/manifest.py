@@ -141,7 +141,8 @@ def load_avg() -> list[float] | None:
 def server_manifest(config: Config, profile: Profile, *, argv: list[str], env: dict[str, str] | None,
                     props: dict[str, Any] | None, backend: str) -> dict[str, Any]:
     """The manifest part that describes the model, the engine and the machine."""
-    from mcp_server.engine.binary import EngineNotFound, locate_engine
+    from mcp_server.engine.binary import locate_engine
+    from mcp_server.errors import EngineNotFound
 
     engine: dict[str, Any] = {}
     if backend == "native":

@@ -61,7 +61,8 @@ def _shell_quote(arg: str) -> str:
 def args(ctx: click.Context, profile: str, port: int | None, docker: bool, as_json: bool) -> None:
     """Print the exact llama-server argv for PROFILE, one argument per line."""
     from mcp_server.engine.argv import launch_spec
-    from mcp_server.engine.binary import EngineNotFound, locate_engine
+    from mcp_server.engine.binary import locate_engine
+    from mcp_server.errors import EngineNotFound
 
     with cli_errors():
         config = config_of(ctx)

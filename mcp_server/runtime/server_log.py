@@ -9,7 +9,7 @@ The log file holds several runs; each function looks only at the last one.
 from __future__ import annotations
 
 import re
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server.runtime.registry import Diagnosis
 
@@ -54,6 +54,9 @@ KINDS = {"model": "weights", "KV": "kv_cache", "RS": "recurrent_state", "compute
 
 
 class DeviceBuffers(BaseModel):
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
+
     device: str
     weights_mib: float = 0.0
     kv_cache_mib: float = 0.0
@@ -68,6 +71,9 @@ class DeviceBuffers(BaseModel):
 
 
 class LoadReport(BaseModel):
+    # Built on first use, not at import: most commands never need it (start-up is measured).
+    model_config = ConfigDict(defer_build=True)
+
     build_number: int | None = None
     build_commit: str | None = None
     architecture: str | None = None
