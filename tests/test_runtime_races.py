@@ -223,3 +223,29 @@ def test_racing_ensure_ready_starts_once_and_both_get_it(project, tmp_path):
     assert len({v.id for v in views}) == 1 and all(v.status == InstanceStatus.READY for v in views)
     assert sorted(v.started_here for v in views) == [False, True], \
         "exactly one process launched it; the other waited for that one"
+
+
+def test_the_registry_lock_excludes_other_threads_and_re_enters_in_its_own():
+    """Two threads sharing one Registry (the dashboard's workers share a Runtime) take turns; the
+    holder's own nested lock() does not wait for itself."""
+    import threading
+    import time
+
+    from mcp_server.runtime.registry import Registry
+
+    registry = Registry()
+    inside: list[str] = []
+
+    def other() -> None:
+        with registry.lock():
+            inside.append("other")
+
+    with registry.lock():
+        with registry.lock():  # re-entrant in this thread
+            inside.append("nested")
+        worker = threading.Thread(target=other)
+        worker.start()
+        time.sleep(0.3)
+        assert inside == ["nested"], "another thread got in while this one held the lock"
+    worker.join(5)
+    assert inside == ["nested", "other"]

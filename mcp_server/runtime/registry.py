@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 import time
 from contextlib import contextmanager
 from enum import StrEnum
@@ -117,29 +118,37 @@ class Registry:
         self._lock_path = self.root / "lock"
         self._depth = 0
         self._lock_fd: int | None = None
+        self._owner: int | None = None  # the thread holding the lock
+        self._threads = threading.Lock()
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive across processes (flock) and re-entrant within one call chain."""
-        if self._depth:
+        """Exclusive across processes (flock) and across threads, re-entrant within one thread.
+
+        Re-entry is per thread: a second thread sharing this Registry (the dashboard's workers) waits
+        on the thread lock as another process waits on the flock, instead of walking in on the count.
+        """
+        me = threading.get_ident()
+        if self._owner == me:
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
             return
-        with storage_errors("open the lock", self._lock_path, fix=paths.home_fix):
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd, self._depth = fd, 1
+        with self._threads:
+            with storage_errors("open the lock", self._lock_path, fix=paths.home_fix):
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                yield
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._owner, self._lock_fd, self._depth = me, fd, 1
+                try:
+                    yield
+                finally:
+                    self._owner, self._depth, self._lock_fd = None, 0, None
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                self._depth, self._lock_fd = 0, None
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+                os.close(fd)
 
     @property
     def lock_fd(self) -> int | None:
