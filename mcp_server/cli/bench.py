@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mcp_server.cli.common import config_of, emit_json, fail, json_option, table
+from mcp_server.cli.common import cli_errors, config_of, emit_json, fail, json_option, table
 from mcp_server.errors import LlamaPilotError
 
 results_option = click.option("--results", "results", type=click.Path(file_okay=False),
@@ -56,11 +56,9 @@ def profile_cmd(ctx: click.Context, profile: str, ctx_per_slot: int, parallel: i
     """Create bench-PROFILE from PROFILE: benchmark context, no server samplers, reasoning kept parseable."""
     from mcp_server.bench.evalplus_run import create_bench_profile
 
-    try:
+    with cli_errors():
         result = create_bench_profile(config_of(ctx), profile, ctx_per_slot=ctx_per_slot, parallel=parallel,
                                       dry_run=dry_run)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(result)
     click.echo(result.diff, nl=False)
@@ -92,11 +90,9 @@ def speed_cmd(ctx: click.Context, profile: str, prompt_tokens: str, gen_tokens: 
         return _start_job(ctx, "speed", profile, params, as_json)
     from mcp_server.bench.speed import run_speed
 
-    try:
+    with cli_errors():
         run = run_speed(config_of(ctx), profile, progress=None if as_json else _progress,
                         say=(lambda _m: None) if as_json else _say, **params)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(run)
     rows = [[str(c.prompt_tokens), str(c.gen_tokens), f"{c.prompt_tps.median:.1f}",
@@ -188,10 +184,8 @@ def evalplus_cmd(ctx: click.Context, profiles: tuple[str, ...], create_bench: bo
     if make_report and runs:
         from mcp_server.bench.report import write_report
 
-        try:
+        with cli_errors():
             report = write_report(config_of(ctx), results=results, client_conf=client_conf)
-        except LlamaPilotError as exc:
-            fail(exc)
         if not as_json:
             click.echo(f"report: {report.path}")
     if as_json:
@@ -221,11 +215,9 @@ def report_cmd(ctx: click.Context, output: str | None, reference: str | None, cl
         config = config_of(ctx)
     except LlamaPilotError:
         pass  # no models.conf: names come from the run manifests
-    try:
+    with cli_errors():
         report = write_report(config, output=output, results=results, reference=reference, client_conf=client_conf,
                               all_runs=all_runs, profiles=list(profiles) or None, chart=not no_chart)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(report.model_dump(mode="json", exclude={"markdown"}))
     click.echo(f"report: {report.path}" + (f"\nchart: {report.chart}" if report.chart else ""))
@@ -235,10 +227,8 @@ def _start_job(ctx: click.Context, kind: str, profile: str, params: dict[str, An
     """`bench speed/evalplus --background`: the same job run_benchmark starts."""
     from mcp_server.bench.jobs import run_benchmark
 
-    try:
+    with cli_errors():
         job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, **params)  # type: ignore[arg-type]
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(job)
     click.echo(f"started job {job.id} (log: {job.log_path}); follow it with `llama-pilot get-job {job.id}`")
@@ -270,13 +260,11 @@ def run_benchmark_cmd(ctx: click.Context, profile: str, kind: str, limit: int | 
     """Start a benchmark as a background job and print its id (poll with get-job, stop with cancel-job)."""
     from mcp_server.bench.jobs import run_benchmark
 
-    try:
+    with cli_errors():
         job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, limit=limit,  # type: ignore[arg-type]
                             tasks=tasks, mini=mini, resume=resume, create_bench=create_bench, max_tokens=max_tokens,
                             concurrency=concurrency, prompt_tokens=_ints(prompt_tokens, "--prompt-tokens"),
                             gen_tokens=_ints(gen_tokens, "--gen-tokens"), reps=reps, update_profile=update_profile)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(job)
     click.echo(f"started job {job.id} (log: {job.log_path}); follow it with `llama-pilot get-job {job.id}`")
@@ -289,10 +277,8 @@ def get_job_cmd(job_id: str, as_json: bool) -> None:
     """One background benchmark job: status, progress, recent messages, result or error."""
     from mcp_server.bench.jobs import get_job
 
-    try:
+    with cli_errors():
         job = get_job(job_id)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(job)
     click.echo(f"{job.id}: {job.status}, {job.progress.done}/{job.progress.total} {job.progress.message}")
@@ -325,10 +311,8 @@ def cancel_job_cmd(job_id: str, as_json: bool) -> None:
     """Stop a background benchmark job (its run stays resumable)."""
     from mcp_server.bench.jobs import cancel_job
 
-    try:
+    with cli_errors():
         job = cancel_job(job_id)
-    except LlamaPilotError as exc:
-        fail(exc)
     if as_json:
         return emit_json(job)
     click.echo(f"{job.id}: {job.status}")
