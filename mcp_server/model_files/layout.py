@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mcp_server.errors import ModelFileError
 from mcp_server.model_files.ggml_types import GGML_TYPES, tensor_bytes
 from mcp_server.model_files.reader import SHARD_RE, GGUFFormatError, GGUFHeader, SkippedArray, shard_paths
 
@@ -41,6 +42,11 @@ class ShardInfo(BaseModel):
     size_bytes: int
     tensor_count: int
     data_offset: int
+    data_end: int = Field(0, description="where the last tensor's data ends: the least size of a whole file")
+
+    @property
+    def missing_bytes(self) -> int:
+        return max(0, self.data_end - self.size_bytes)
 
 
 class GGUFInspection(BaseModel):
@@ -73,6 +79,9 @@ class GGUFInspection(BaseModel):
     bytes_by_kind: dict[str, int]
     total_bytes: int
     parameters: int
+    complete: bool = Field(True, description="every shard is at least as long as its header says its tensor data "
+                                             "is; false: a truncated (interrupted) download")
+    missing_bytes: int = Field(0, description="bytes the shards lack, summed")
 
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
@@ -122,7 +131,9 @@ def _read_file(path: Path, shard: int) -> tuple[dict[str, Any], list[TensorInfo]
                           bytes=tensor_bytes(t, shape), shard=shard, offset=data_offset + off,
                           kind=tensor_kind(name), layer=int(m.group(1)) if (m := _LAYER_RE.match(name)) else None)
                for name, shape, t, off in raw]
-    info = ShardInfo(path=str(path), size_bytes=path.stat().st_size, tensor_count=n_tensors, data_offset=data_offset)
+    data_end = max((t.offset + t.bytes for t in tensors), default=data_offset)
+    info = ShardInfo(path=str(path), size_bytes=path.stat().st_size, tensor_count=n_tensors, data_offset=data_offset,
+                     data_end=data_end)
     return meta, tensors, info
 
 
@@ -150,7 +161,21 @@ def read_layout(path: str | Path) -> GGUFInspection:
             meta = file_meta  # only the first split carries the model's metadata
         tensors += file_tensors
         shards.append(info)
-    return _describe(first, meta, tensors, shards)
+    info = _describe(first, meta, tensors, shards)
+    missing = sum(s.missing_bytes for s in shards)
+    return info.model_copy(update={"complete": missing == 0, "missing_bytes": missing})
+
+
+def require_complete(info: GGUFInspection, name: str) -> None:
+    """Refuse a truncated model file: the header promises more tensor data than the file holds."""
+    short = [s for s in info.shards if s.missing_bytes]
+    if short:
+        s = short[0]
+        raise ModelFileError(f"{name} is incomplete: {Path(s.path).name} holds {s.size_bytes:,} bytes but its header "
+                             f"places tensor data up to byte {s.data_end:,} ({s.missing_bytes:,} missing"
+                             f"{f', and {len(short) - 1} more shard(s) short' if len(short) > 1 else ''}). The "
+                             "download was cut off: download it again (list_model_files shows complete=false "
+                             "until it is whole)")
 
 
 def _describe(path: Path, meta: dict[str, Any], tensors: list[TensorInfo], shards: list[ShardInfo]) -> GGUFInspection:

@@ -67,10 +67,19 @@ def _describe(path: Path, root: Path, shards: list[Path], present: list[Path], u
         name = meta.get("general.name") if isinstance(meta.get("general.name"), str) else None
     except (OSError, GGUFFormatError):
         arch, quant, name, kind = None, None, None, "unreadable"
+    whole = len(present) == len(shards) and kind != "unreadable" and _data_complete(path)
     return ModelFile(path=str(path.relative_to(root)), size_bytes=sum(p.stat().st_size for p in present),
-                      shards=len(shards), shards_present=len(present), complete=len(present) == len(shards),
+                      shards=len(shards), shards_present=len(present), complete=whole,
                       architecture=arch if isinstance(arch, str) else None, quantization=quant, name=name, kind=kind,
                       used_by=used_by)
+
+
+def _data_complete(path: Path) -> bool:
+    """Every shard holds the tensor data its header places in it (a cut-off download does not)."""
+    try:
+        return read_layout(path).complete
+    except (OSError, GGUFFormatError):
+        return False
 
 
 class ModelFileInspection(GGUFInspection):

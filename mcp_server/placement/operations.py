@@ -22,7 +22,7 @@ from mcp_server.engine.argv import launch_spec, without_flags
 from mcp_server.errors import LlamaPilotError, ValidationError
 from mcp_server.placement.estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
 from mcp_server.placement.fit_replay import FitOutcome, emulate_fit
-from mcp_server.model_files.layout import read_layout
+from mcp_server.model_files.layout import read_layout, require_complete
 from mcp_server.placement.planner import DEFAULT_RESERVE_MIB, Plan, choose_placement
 from mcp_server.profiles.config import Config
 from mcp_server.profiles.edits import EditResult, update_profile
@@ -235,6 +235,7 @@ def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | 
         edit_config = config
         _check_plan_target(config, write_profile, path, set_model)
     info = read_layout(path)
+    require_complete(info, model)  # a plan for a half-downloaded file would only fail at start
     inventory = gpu_inventory(gpus)
     overhead, _ = inventory.overhead()
     result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots,

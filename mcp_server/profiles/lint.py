@@ -178,12 +178,37 @@ def lint_profile(profile: Profile, config: Config, cache: "MetaCache | None" = N
                 f"EXTRA_ARGS uses {spelling}, which {what}: make sure you trust what it names (agents cannot "
                 "set it; only a person can)")
     for key in profile.unknown_keys:
-        add("unknown-key", "info", key, f"{key} is not a key llama-pilot knows; it is kept but not used")
+        add("unknown-key", "warning", key, f"{key} is not a key llama-pilot knows, so it does nothing"
+            + _closest(key) + "; keep it only as a note")
+    _check_context(profile, meta, add)
     for key, value in profile.values.items():
         if " #" in value:
             add("inline-comment", "warning", key,
                 f"{key} contains ' #': models.conf has no inline comments, so it is part of the value")
     return findings
+
+
+def _closest(key: str) -> str:
+    import difflib
+
+    from mcp_server.profiles.config import KEYS
+
+    near = difflib.get_close_matches(key.upper(), list(KEYS), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
+def _check_context(profile: Profile, meta: dict | None, add) -> None:  # type: ignore[no-untyped-def]
+    """A context above the one the model was trained for: llama-server accepts it and the model degrades
+    (without RoPE scaling set, quality falls off past the trained length)."""
+    if not meta or not profile.ctx_size:
+        return
+    arch = meta.get("general.architecture")
+    trained = meta.get(f"{arch}.context_length") if isinstance(arch, str) else None
+    if isinstance(trained, int) and profile.ctx_size > trained and "--rope-scaling" not in (profile.get("EXTRA_ARGS") or ""):
+        add("ctx-above-training", "warning", "CTX_SIZE",
+            f"CTX_SIZE={profile.ctx_size} is above the {trained} tokens the model was trained for: answers degrade "
+            f"past {trained} without RoPE scaling; set CTX_SIZE={trained} (or 0 for the model's own) unless the "
+            "model card says it extends")
 
 
 def _int(value: str | None) -> int | None:
@@ -212,13 +237,33 @@ def _check_model(profile: Profile, config: Config, add, cache: MetaCache) -> dic
             f"(looked in {path.parent})")
         return None
     try:
-        return _metadata(path, cache)
+        meta = _metadata(path, cache)
     except (OSError, ggufmeta.GGUFFormatError) as exc:
         add("model-unreadable", "error", "MODEL", f"cannot read the GGUF header of {path.name}: {exc}")
         return None
+    missing = _missing_bytes(path, cache)
+    if missing:
+        add("model-incomplete", "error", "MODEL",
+            f"{path.name} is {missing:,} bytes short of the tensor data its header describes: the download was "
+            "cut off; download it again")
+    return meta
 
 
 MetaCache = dict[tuple[str, int, int], dict]
+
+
+def _missing_bytes(path: Path, cache: MetaCache) -> int:
+    """Bytes the file's shards lack (0: whole), from the tensor table, read once per file per lint run."""
+    from mcp_server.model_files.layout import read_layout
+
+    st = path.stat()
+    key = ("extent:" + str(path), st.st_size, st.st_mtime_ns)
+    if key not in cache:
+        try:
+            cache[key] = {"missing": read_layout(path).missing_bytes}
+        except (OSError, ggufmeta.GGUFFormatError):
+            cache[key] = {"missing": 0}  # unreadable is reported by the header check
+    return cache[key]["missing"]
 
 
 def _metadata(path: Path, cache: MetaCache) -> dict:

@@ -513,6 +513,7 @@ class Runtime:
             live = [r for r in self._reconciled() if r.is_live]
         chosen = live if target == "all" else [r for r in live if target in (r.profile, r.id)]
         if not chosen and target != "all":
+            self._check_known(target)
             known = ", ".join(sorted({r.profile for r in live})) or "nothing is running"
             raise NotRunning(f"{target} is not running ({known})")
         return InstanceList(instances=[_view(self._stop_one(r, grace_s)) for r in chosen])
@@ -642,6 +643,8 @@ class Runtime:
 
     def tail_logs(self, target: str, lines: int = 200) -> "LogTail":
         record = self._latest(target)
+        if record is None:
+            self._check_known(target)
         text = strip_ansi(self.backend(record.backend).read_log(record)) if record else _read_profile_log(target)
         all_lines = text.splitlines()
         return LogTail(profile=record.profile if record else target, instance=record.id if record else None,
@@ -651,11 +654,18 @@ class Runtime:
     def load_report(self, target: str) -> LoadReport:
         record = self._latest(target)
         if record is None:
-            raise NotRunning(f"{target} has no instance yet: start it first")
+            self._check_known(target)
+            raise NotRunning(f"{target} has no instance yet: start it first (start_model {target})")
         report = parse_load_report(self.backend(record.backend).read_log(record))
         if record.ready_at:
             report.load_seconds = round(record.ready_at - record.started_at, 3)
         return report
+
+    def _check_known(self, target: str) -> None:
+        """A target with no instance must at least be a profile: "not running" would send the caller off
+        to start a profile that does not exist."""
+        if target not in self.config.profiles:
+            self.config.profile(target)  # raises ProfileNotFound, listing the known ones
 
     def _latest(self, target: str) -> InstanceRecord | None:
         matches = [r for r in self._records() if target in (r.profile, r.id)]

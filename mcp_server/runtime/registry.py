@@ -41,7 +41,7 @@ LIVE = (InstanceStatus.LOADING, InstanceStatus.READY)
 class Diagnosis(BaseModel):
     """Why a start failed, read from the log and the exit status."""
 
-    cause: str = Field(description="oom | model-missing | model-unreadable | unknown-architecture | "
+    cause: str = Field(description="oom | model-missing | model-unreadable | model-incomplete | unknown-architecture | "
                                    "invalid-argument | port-in-use | timeout | crashed | killed | exited | unknown")
     summary: str
     fix: str

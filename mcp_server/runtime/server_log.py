@@ -213,6 +213,10 @@ def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, p
                          summary=f"this llama.cpp build does not know {name}",
                          fix="build a newer engine (llama-pilot engine build --source <newer llama.cpp>)",
                          evidence=hits[:2])
+    if hits := _find(lines, "not within the file bounds", "corrupted or incomplete"):
+        return Diagnosis(cause="model-incomplete", summary="the model file is shorter than its header says "
+                         "(a download that was cut off)", fix="download the file again; list_model_files shows "
+                         "complete=false until it is whole", evidence=hits[:2])
     if hits := _find(lines, "invalid magic", "failed to read magic", "failed to read key-value", "gguf_init_from_file",
                      "error loading model", "failed to load model"):
         return Diagnosis(cause="model-unreadable", summary="llama.cpp could not read the model file",
