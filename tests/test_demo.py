@@ -50,6 +50,10 @@ def test_llama_server_serves_demo_profile(engine_path, demo_project):
 def test_demo_command_end_to_end(engine_path, demo_project):
     result = demo(demo_project, prompt="What is 2+2? Answer with a number.")
     assert result.answer
+    # The demo model is a base model without a chat template: it is asked as a plain completion, so
+    # its answer carries none of the role tokens a fallback chat template would make it continue.
+    assert result.mode == "completion" and result.sent == "Q: What is 2+2? Answer with a number.\nA:"
+    assert "<|im_" not in result.answer and "<start_of_turn>" not in result.answer
     assert 0 < result.ready_s < result.total_s
     assert result.generation_tokens_per_s and result.generation_tokens_per_s > 0
     assert result.argv[0] == engine_path

@@ -263,6 +263,9 @@ def demo_cmd(ctx: click.Context, profile: str, prompt: str, as_json: bool) -> No
     if as_json:
         return emit_json(result)
     click.echo(f"Q: {result.prompt}\nA: {result.answer}")
+    if result.mode == "completion":
+        click.echo("(a base model without a chat template: it was asked to continue the text "
+                   f"{result.sent!r}, so the answer is its continuation)", err=True)
     speed = f", {result.generation_tokens_per_s:.1f} t/s" if result.generation_tokens_per_s else ""
     click.echo(f"(ready in {result.ready_s:.1f} s, answered in {result.answer_s:.1f} s{speed}; "
                f"{result.total_s:.1f} s in all; server stopped)", err=True)
