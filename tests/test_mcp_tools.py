@@ -274,3 +274,25 @@ async def test_log_and_load_report_resources_for_unknown_or_unstarted_profiles(c
             await client.read_resource("logs://alpha")
         with pytest.raises(MCPError, match="start it first"):
             await client.read_resource("load-report://alpha")
+
+
+async def test_every_tool_refuses_arguments_it_does_not_take(conf):
+    before = conf.read_text()
+    async with Client(build_server(conf)) as client:
+        tools = (await client.list_tools()).tools
+        assert tools and all(t.input_schema.get("additionalProperties") is False for t in tools)
+        listed = await client.call_tool("list_profiles", {"bogus": 1})
+        assert listed.is_error and "bogus" in _text(listed) and "Extra inputs are not permitted" in _text(listed)
+        # A misspelt dry_run must not turn the preview into a write.
+        typo = await client.call_tool("update_profile", {"profile": "alpha", "set": {"TEMP": "0.1"}, "dryrun": True})
+        assert typo.is_error and "dryrun" in _text(typo)
+        assert not (await client.call_tool("list_profiles", {})).is_error
+    assert conf.read_text() == before
+
+
+async def test_capabilities_are_advertised_only_where_implemented(conf):
+    """No resource subscriptions or list-changed notifications are sent, so none is promised."""
+    async with Client(build_server(conf)) as client:
+        caps = client.server_capabilities
+    assert caps.resources and caps.resources.subscribe is False and caps.resources.list_changed is False
+    assert caps.tools and caps.tools.list_changed is False

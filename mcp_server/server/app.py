@@ -29,14 +29,17 @@ INSTRUCTIONS = (
 
 def build_server(config_path: str | Path | None = None) -> MCPServer:
     from mcp_server.server import bench_tools, host_tools, placement_tools, profile_tools, resources, runtime_tools
+    from mcp_server.server.conventions import forbid_unknown_arguments
 
-    mcp = MCPServer("llama-pilot", version=__version__, instructions=INSTRUCTIONS)
+    # subscriptions=False: nothing here pushes resource updates, so the server must not advertise it.
+    mcp = MCPServer("llama-pilot", version=__version__, instructions=INSTRUCTIONS, subscriptions=False)
     profile_tools.register(mcp, config_path)
     runtime_tools.register(mcp, config_path)
     placement_tools.register(mcp, config_path)
     host_tools.register(mcp)
     bench_tools.register(mcp, config_path)
     resources.register(mcp, config_path)
+    forbid_unknown_arguments(mcp)
     return mcp
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Annotated, TypeVar
 
 import anyio
+from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
@@ -98,6 +99,26 @@ async def in_thread(fn: Callable[[], T], *, cancellable: bool = False) -> T:
     """Run blocking core work off the event loop, with domain errors mapped like every tool's."""
     with tool_errors():
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=cancellable)
+
+
+# --- strict arguments ----------------------------------------------------------------------------
+
+
+def forbid_unknown_arguments(mcp: MCPServer) -> None:
+    """Every tool refuses arguments it does not take: a misspelt ``dry_run`` must not turn a preview into a
+    write, and an agent should learn its mistake, not have it ignored. The schema says so
+    (``additionalProperties: false``) and validation enforces it (``extra="forbid"``).
+
+    The SDK builds each tool's argument model from its signature and offers no switch for this, so the
+    models are swapped after registration; ``tests/test_mcp_tools.py`` checks it still holds."""
+    from pydantic import ConfigDict
+
+    for tool in mcp._tool_manager.list_tools():
+        base = tool.fn_metadata.arg_model
+        strict = type(base.__name__, (base,), {"model_config": ConfigDict(**base.model_config, extra="forbid"),
+                                               "__module__": base.__module__})
+        tool.fn_metadata.arg_model = strict
+        tool.parameters = {**tool.parameters, "additionalProperties": False}
 
 
 # --- progress ------------------------------------------------------------------------------------
