@@ -87,3 +87,11 @@ async def test_an_unknown_profile_is_named_not_called_not_running(conf: Path):
         # A known profile that never ran is "not running", with the tool that starts it.
         known = await client.call_tool("load_report", {"profile": "tiny"})
         assert known.is_error and "not-running" in _text(known) and "start_model tiny" in _text(known)
+
+
+async def test_fixes_name_the_tools_parameters_and_bad_timeouts_are_refused(conf: Path):
+    timed_out = explain_exit("load_tensors: loading model tensors\n", None, timed_out=True)
+    assert "start_model timeout_s" in timed_out.fix
+    async with Client(build_server(conf)) as client:
+        negative = await client.call_tool("start_model", {"profile": "tiny", "timeout_s": -5})
+    assert negative.is_error and "timeout_s" in _text(negative) and "greater than 0" in _text(negative)

@@ -107,9 +107,9 @@ def locate_dataset(explicit: str | os.PathLike[str] | None = None, *, mini: bool
     raise DatasetMissing(
         f"No local copy of HumanEval+ {VERSION} ({name}) was found and the network is not reachable to "
         f"download it. Provide one: download {RELEASE_URL}{name.replace(f'-{VERSION}', '')} on a machine "
-        f"with internet (or take it from evalplus's cache, ~/.cache/evalplus), then pass "
-        f"--dataset PATH (the file or its folder), set ${DATASET_ENV}=PATH, or put it in "
-        f"{paths.home() / 'datasets' / 'humanevalplus'}/.")
+        f"with internet (or take it from evalplus's cache, ~/.cache/evalplus), then put "
+        f"it in {paths.home() / 'datasets' / 'humanevalplus'}/, or set ${DATASET_ENV}=PATH where the MCP server "
+        f"runs (the CLI also takes --dataset PATH, the file or its folder).")
 
 
 def _network_reachable(host: str = "github.com", port: int = 443, timeout: float = 3.0) -> bool:

@@ -141,8 +141,9 @@ def resolve_bench_profile(config: Config, profile_id: str, *, create: bool = Fal
         config.profile(profile_id)  # raises ProfileNotFound with the known ids
     config.profile(profile_id)
     if not create:
-        raise BenchError(f"{target} does not exist. Create it from {profile_id} with `llama-pilot bench profile "
-                         f"{profile_id}` (or pass --create-bench), or give an existing bench- profile.")
+        raise BenchError(f"{target} does not exist. Create it from {profile_id}: run_benchmark with "
+                         f"create_bench=true (`--create-bench`; or `llama-pilot bench profile {profile_id}`), or give an "
+                         "existing bench- profile.")
     edit = create_bench_profile(config, profile_id, ctx_per_slot=ctx_per_slot)
     return load_config(config.path), target, edit
 

@@ -156,7 +156,7 @@ def fit_params_oracle(config: Config, argv: list[str]) -> dict[str, dict[str, in
 
     tool = locate_engine(config.host.engine).tools.get("llama-fit-params")
     if not tool:
-        raise LlamaPilotError("llama-fit-params is not next to this llama-server; `llama-pilot engine build` makes it")
+        raise LlamaPilotError("llama-fit-params is not next to this llama-server; build_engine (`llama-pilot engine build`) makes it")
     args = [tool, *without_flags(argv, _ORACLE_DROP)]
     try:
         proc = subprocess.run([*args, "--fit-print", "on"], capture_output=True, text=True, timeout=300)

@@ -414,7 +414,7 @@ class Runtime:
         model_path = self.config.model_path(profile)
         if model_path is None or not model_path.is_file():
             raise StartRefused(Diagnosis(cause="model-missing", summary=f"{profile_id}: model file {model_path} is missing",
-                                         fix="download it or fix MODEL (llama-pilot lint lists missing files and shards)"))
+                                         fix="download it or fix MODEL (update_profile; lint_profiles lists missing files and shards)"))
         engine = "llama-server" if backend_name == "docker" else engine_path(self.config.host.engine)
         return _Launch(profile=profile, backend=backend_name, model_path=model_path, engine=engine)
 

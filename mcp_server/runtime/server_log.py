@@ -204,14 +204,14 @@ def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, p
         return _oom_diagnosis(lines, oom)
     if hits := _find(lines, "failed to open gguf file", "no such file or directory"):
         return Diagnosis(cause="model-missing", summary="the model file could not be opened",
-                         fix="check MODEL in the profile (llama-pilot lint shows missing files and shards)",
+                         fix="check MODEL in the profile (lint_profiles / `llama-pilot lint` shows missing files and shards)",
                          evidence=hits[:3])
     if hits := _find(lines, "unknown model architecture"):
         arch = re.search(r"unknown model architecture: '([^']+)'", hits[0])
         name = arch.group(1) if arch else "this architecture"
         return Diagnosis(cause="unknown-architecture",
                          summary=f"this llama.cpp build does not know {name}",
-                         fix="build a newer engine (llama-pilot engine build --source <newer llama.cpp>)",
+                         fix="build a newer engine (build_engine; from a newer llama.cpp checkout: `llama-pilot engine build --source DIR`)",
                          evidence=hits[:2])
     if hits := _find(lines, "not within the file bounds", "corrupted or incomplete"):
         return Diagnosis(cause="model-incomplete", summary="the model file is shorter than its header says "
@@ -229,12 +229,12 @@ def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, p
     if hits := _find(lines, "invalid argument", "error while handling argument", "unknown argument",
                      "invalid value", "error: unrecognized"):
         return Diagnosis(cause="invalid-argument", summary="llama-server rejected an argument",
-                         fix="fix the flag in the profile (llama-pilot args PROFILE shows the argv; "
+                         fix="fix the flag in the profile (get_profile / `llama-pilot args PROFILE` shows the argv; "
                              "llama-server --help lists what this build accepts)", evidence=hits[:3])
     if timed_out:
         progress = load_progress(text)
         return Diagnosis(cause="timeout", summary=f"still {progress.stage} ({progress.fraction:.0%}) when the "
-                         "start timed out", fix="allow a longer load (--timeout) or check that the disk is not "
+                         "start timed out", fix="allow a longer load (start_model timeout_s, `--timeout` on the command line) or check that the disk is not "
                          "the bottleneck", evidence=tail[-3:])
     if exit_code is not None and (exit_code < 0 or 128 < exit_code < 160):
         import signal
