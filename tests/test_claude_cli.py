@@ -135,6 +135,9 @@ def test_wheel_ships_skill_and_agents(tmp_path):
     [wheel] = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"mcp_server/claude/{rel}" for rel in bundled_files()} <= names
+    # The docs:// resources come from the package's docs/, so a regular install serves them too.
+    docs = {f"mcp_server/docs/{p.relative_to(REPO / 'docs').as_posix()}" for p in (REPO / "docs").rglob("*.md")}
+    assert docs and docs <= names, sorted(docs - names)[:5]
 
 
 # --- the CLI mirror ---------------------------------------------------------------------------
