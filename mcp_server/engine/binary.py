@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.errors import EngineBuildError, EngineError
 from mcp_server.files import atomic_write, exclusive_lock, sha256_of
-from mcp_server.engine.locate import (LLAMA_CPP_BUILD_NUMBER, find_engine)
+from mcp_server.engine.locate import LLAMA_CPP_BUILD_NUMBER, find_engine
 from mcp_server.paths import cache_dir, engines_dir
 
 LLAMA_CPP_VERSION = "11434.0.0"

@@ -228,11 +228,9 @@ def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | 
     from mcp_server.model_files.local import model_file
 
     path = model_file(config, model, agent=agent)
-    edit_config = None
     if write_profile is not None:
         if config is None:
             raise ValidationError("write_profile", write_profile, "needs a models.conf (--config)")
-        edit_config = config
         _check_plan_target(config, write_profile, path, set_model)
     info = read_layout(path)
     require_complete(info, model)  # a plan for a half-downloaded file would only fail at start
@@ -242,9 +240,9 @@ def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | 
                               ubatch=ubatch, reserve_mib=reserve_mib, overhead_mib=overhead,
                               host_free_mib=_host_available_mib())
     edit = None
-    if edit_config is not None and write_profile is not None:
-        model_value = _model_value(edit_config, path) if set_model else None
-        edit = write_plan(edit_config, write_profile, result, dry_run=dry_run, model=model_value)
+    if config is not None and write_profile is not None:
+        edit = write_plan(config, write_profile, result, dry_run=dry_run,
+                          model=_model_value(config, path) if set_model else None)
     return PlanResult(plan=result, inventory=inventory, edit=edit)
 
 

@@ -340,9 +340,6 @@ class Runtime:
             views.append(_view(record, progress))
         return InstanceList(instances=views, elsewhere=[o for o in unmanaged if o.owner == "other-home"])
 
-    def live(self) -> list[InstanceRecord]:
-        return [r for r in self._records() if r.is_live]
-
     def start_model(self, profile_id: str, *, backend: str | None = None, port: int | None = None,
               timeout_s: float | None = None, progress: Progress | None = None, wait: bool = True) -> InstanceView:
         """Start a profile and (by default) wait until it answers /health with 200."""
