@@ -111,7 +111,8 @@ def tensor_kind(name: str) -> str:
     return "other"
 
 
-def _read_file(path: Path, shard: int) -> tuple[dict[str, Any], list[TensorInfo], ShardInfo]:
+def read_shard(path: Path, shard: int = 0) -> tuple[dict[str, Any], list[TensorInfo], ShardInfo]:
+    """One file's header: its key/values (long arrays as their length), its tensors, its extent."""
     with open(path, "rb", buffering=0) as f:
         h = GGUFHeader(f, path, block=_CHUNK)
         n_tensors = h.tensor_count
@@ -156,7 +157,7 @@ def read_layout(path: str | Path) -> GGUFInspection:
     tensors: list[TensorInfo] = []
     shards = []
     for i, file in enumerate(files):
-        file_meta, file_tensors, info = _read_file(file, i)
+        file_meta, file_tensors, info = read_shard(file, i)
         if i == 0:
             meta = file_meta  # only the first split carries the model's metadata
         tensors += file_tensors
@@ -268,3 +269,9 @@ def _recurrent_layers(arch: str, n_layer: int, meta: dict[str, Any], heads_kv: l
             return [i for i, h in enumerate(heads_kv) if h == 0]  # hybrids: layers without KV heads
         return list(range(n_layer))
     return []
+
+
+def missing_bytes(shards: list[Path], start: int = 0) -> int:
+    """Bytes the given shards (all present; ``start`` is the first one's index) lack against the tensor
+    data their headers place."""
+    return sum(read_shard(path, start + i)[2].missing_bytes for i, path in enumerate(shards))

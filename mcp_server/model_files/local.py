@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.model_files import reader as ggufmeta
 from mcp_server.errors import GGUFFormatError, ModelFileError, ValidationError
-from mcp_server.model_files.layout import GGUFInspection, read_layout
+from mcp_server.model_files.layout import GGUFInspection, missing_bytes, read_layout, read_shard
 from mcp_server.profiles.config import Config, model_path_inside
 
 # llama.cpp's general.file_type values (LLAMA_FTYPE_MOSTLY_*), for showing the quantisation.
@@ -58,28 +58,21 @@ def list_model_files(config: Config) -> ModelFileList:
 
 
 def _describe(path: Path, root: Path, shards: list[Path], present: list[Path], used_by: list[str]) -> ModelFile:
+    # One read of each present shard's header gives both what the model is and whether it is whole.
     try:
-        meta = ggufmeta.read_metadata(path)
+        meta, _, first = read_shard(path)
         arch = meta.get("general.architecture")
         ftype = meta.get("general.file_type")
         kind = "mmproj" if meta.get("general.type") == "mmproj" or arch == "clip" else "model"
         quant = FILE_TYPES.get(ftype) if isinstance(ftype, int) else None
         name = meta.get("general.name") if isinstance(meta.get("general.name"), str) else None
+        whole = len(present) == len(shards) and not first.missing_bytes and not missing_bytes(shards[1:], start=1)
     except (OSError, GGUFFormatError):
-        arch, quant, name, kind = None, None, None, "unreadable"
-    whole = len(present) == len(shards) and kind != "unreadable" and _data_complete(path)
+        arch, quant, name, kind, whole = None, None, None, "unreadable", False
     return ModelFile(path=str(path.relative_to(root)), size_bytes=sum(p.stat().st_size for p in present),
                       shards=len(shards), shards_present=len(present), complete=whole,
                       architecture=arch if isinstance(arch, str) else None, quantization=quant, name=name, kind=kind,
                       used_by=used_by)
-
-
-def _data_complete(path: Path) -> bool:
-    """Every shard holds the tensor data its header places in it (a cut-off download does not)."""
-    try:
-        return read_layout(path).complete
-    except (OSError, GGUFFormatError):
-        return False
 
 
 class ModelFileInspection(GGUFInspection):

@@ -253,14 +253,14 @@ MetaCache = dict[tuple[str, int, int], dict]
 
 
 def _missing_bytes(path: Path, cache: MetaCache) -> int:
-    """Bytes the file's shards lack (0: whole), from the tensor table, read once per file per lint run."""
-    from mcp_server.model_files.layout import read_layout
+    """Bytes the file's shards lack (0: whole), from their tensor tables, read once per file per lint run."""
+    from mcp_server.model_files.layout import missing_bytes
 
     st = path.stat()
     key = ("extent:" + str(path), st.st_size, st.st_mtime_ns)
     if key not in cache:
         try:
-            cache[key] = {"missing": read_layout(path).missing_bytes}
+            cache[key] = {"missing": missing_bytes(ggufmeta.shard_paths(path))}
         except (OSError, ggufmeta.GGUFFormatError):
             cache[key] = {"missing": 0}  # unreadable is reported by the header check
     return cache[key]["missing"]
