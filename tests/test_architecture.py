@@ -151,3 +151,16 @@ def test_readme_tool_table_lists_every_tool_once():
     assert sorted(listed) == sorted(v.tool for v in VERBS), "README's tool table must list each tool exactly once"
     count = re.search(r"All (\d+) tools", text)
     assert count and int(count.group(1)) == len(VERBS)
+
+
+def test_the_lazy_command_table_names_every_command_where_it_is_defined():
+    """cli/main.py knows which module holds each command without importing them; each module's own
+    COMMANDS must agree, or a command is unreachable (or listed but missing)."""
+    from mcp_server.cli import main
+
+    defined: dict[str, str] = {}
+    for module in sorted(set(main.COMMANDS.values())):
+        for name in importlib.import_module(f"mcp_server.cli.{module}").COMMANDS:
+            assert name not in defined, f"{name} defined in both cli/{defined.get(name)}.py and cli/{module}.py"
+            defined[name] = module
+    assert defined == main.COMMANDS
