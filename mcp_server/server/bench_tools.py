@@ -18,10 +18,8 @@ from pydantic import Field
 
 from mcp_server.bench.jobs import Job, JobList
 from mcp_server.bench.results import RunList
-from mcp_server.errors import LlamaPilotError
-from mcp_server.profiles.config import load_config
 from mcp_server.server.conventions import (READ_ONLY, STARTS_JOB, STOPS_JOB, JobId, ProfileId, RunId, TaskList,
-                                           in_thread)
+                                           config_or_none, in_thread)
 
 
 def register(mcp: MCPServer, config_path: str | Path | None) -> None:
@@ -72,18 +70,12 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
         """Benchmark runs on disk, newest first: profile, run id, status, HumanEval/HumanEval+ pass@1 or generation/prompt tokens/s, wall times, run folder. The full report is the resource reports://evalplus/REPORT.md."""
         return await in_thread(lambda: results.bench_results(profile=profile, kind=kind, limit=limit))
 
-    def _config_or_none():  # type: ignore[no-untyped-def]
-        try:
-            return load_config(config_path)
-        except LlamaPilotError:
-            return None
-
     @mcp.resource("reports://evalplus/REPORT.md", mime_type="text/markdown")
     def evalplus_report() -> str:
         """The EvalPlus HumanEval+ report: local runs vs published reference scores (rendered from the runs on disk)."""
         from mcp_server.bench.report import collect, render_markdown
 
-        report = collect(_config_or_none())
+        report = collect(config_or_none(config_path))
         chart = "reports://evalplus/humaneval-plus.png" if (report.rows or report.references) else None
         return render_markdown(report, chart)
 
@@ -92,7 +84,7 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
         """Bar chart of HumanEval+ pass@1 per model, local runs and reference scores in two colours."""
         from mcp_server.bench.report import collect, render_chart
 
-        report = collect(_config_or_none())
+        report = collect(config_or_none(config_path))
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "chart.png"
             if not render_chart(report, path):

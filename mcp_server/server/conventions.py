@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import anyio
@@ -99,6 +100,17 @@ async def in_thread(fn: Callable[[], T], *, cancellable: bool = False) -> T:
     """Run blocking core work off the event loop, with domain errors mapped like every tool's."""
     with tool_errors():
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=cancellable)
+
+
+def config_or_none(config_path: str | Path | None):  # type: ignore[no-untyped-def]
+    """The models.conf a resource reads, or None when there is none: a resource answers "not found",
+    where a tool would report the error."""
+    from mcp_server.profiles.config import load_config
+
+    try:
+        return load_config(config_path)
+    except LlamaPilotError:
+        return None
 
 
 # --- strict arguments ----------------------------------------------------------------------------
