@@ -127,12 +127,14 @@ def read_shard(path: Path, shard: int = 0) -> tuple[dict[str, Any], list[TensorI
             type_id, offset = h.unpack("<IQ")
             raw.append((name, shape, type_id, offset))
         align = int(meta.get("general.alignment", 32))
-        data_offset = -(-h.pos // align) * align
+        header_end = h.pos
+        data_offset = -(-header_end // align) * align
     tensors = [TensorInfo(name=name, type=GGML_TYPES.get(t, (f"type{t}", 0, 0))[0], shape=shape,
                           bytes=tensor_bytes(t, shape), shard=shard, offset=data_offset + off,
                           kind=tensor_kind(name), layer=int(m.group(1)) if (m := _LAYER_RE.match(name)) else None)
                for name, shape, t, off in raw]
-    data_end = max((t.offset + t.bytes for t in tensors), default=data_offset)
+    # Without tensors nothing follows the header: the padding to the data section is not owed.
+    data_end = max((t.offset + t.bytes for t in tensors), default=header_end)
     info = ShardInfo(path=str(path), size_bytes=path.stat().st_size, tensor_count=n_tensors, data_offset=data_offset,
                      data_end=data_end)
     return meta, tensors, info
