@@ -40,6 +40,8 @@ def get_profile_cmd(ctx: click.Context, profile: str, as_json: bool) -> None:
     click.echo(f"[{detail.profile}]  {detail.name}  (line {detail.line} of {detail.config_path})")
     if detail.description:
         click.echo(f"  {detail.description}")
+    for comment in detail.comments:
+        click.echo(f"  {comment}")
     rows = [[k.key, k.value, k.source] for k in detail.keys]
     click.echo(table(rows, ["KEY", "VALUE", "FROM"]))
     click.echo(f"model file: {detail.model_path} ({'present' if detail.file_present else 'MISSING'})")
@@ -136,19 +138,29 @@ def create_profile_cmd(ctx: click.Context, profile: str, assignments: tuple[str,
 @click.argument("profile")
 @click.argument("assignments", nargs=-1)
 @click.option("--unset", "unset_keys", multiple=True, metavar="KEY", help="Key to remove (repeatable).")
+@click.option("--comment", "comment_lines", multiple=True, metavar="TEXT",
+              help="Replace the comment lines above the section with these (repeatable, in order).")
+@click.option("--no-comments", is_flag=True, help="Remove the comment lines above the section.")
+@click.option("--replace-comment", "replacements", multiple=True, nargs=2, metavar="FIND NEW",
+              help="Replace the one comment line above the section that contains FIND with NEW ('' drops it).")
 @dry_run_option
 @json_option
 @click.pass_context
 def update_profile_cmd(ctx: click.Context, profile: str, assignments: tuple[str, ...], unset_keys: tuple[str, ...],
-                     dry_run: bool, as_json: bool) -> None:
-    """Set KEY=VALUE pairs and remove --unset KEYs in PROFILE (or in 'global'), as one edit; only those lines change."""
+                       comment_lines: tuple[str, ...], no_comments: bool, replacements: tuple[tuple[str, str], ...],
+                       dry_run: bool, as_json: bool) -> None:
+    """Set KEY=VALUE pairs, remove --unset KEYs and rewrite the comments above PROFILE (or 'global'), as one edit."""
     from mcp_server.profiles.edits import update_profile
 
-    if not assignments and not unset_keys:
-        raise click.UsageError("give KEY=VALUE pairs to set and/or --unset KEY")
+    if not (assignments or unset_keys or comment_lines or no_comments or replacements):
+        raise click.UsageError("give KEY=VALUE pairs to set, --unset KEY, --comment TEXT or --replace-comment FIND NEW")
+    if no_comments and comment_lines:
+        raise click.UsageError("--no-comments removes the comment lines; do not also give --comment")
     updates = _parse_assignments(assignments)
+    comments = [] if no_comments else (list(comment_lines) if comment_lines else None)
     with cli_errors():
-        result = update_profile(config_of(ctx), profile, set=updates, unset=list(unset_keys), dry_run=dry_run)
+        result = update_profile(config_of(ctx), profile, set=updates, unset=list(unset_keys), dry_run=dry_run,
+                                comments=comments, replace_comments=dict(replacements) or None)
     render_edit(result, as_json)
 
 

@@ -35,6 +35,7 @@ from mcp_server.errors import ConfConflictError, ConfParseError, ProfileNotFound
 from mcp_server.files import sync_dir, write_temp
 
 __all__ = [
+    "HEADER_RE",
     "KEY_RE",
     "SECTION_ID_RE",
     "ConfDocument",
@@ -47,7 +48,7 @@ __all__ = [
 
 SECTION_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEADER_RE = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
+HEADER_RE = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 
 _BOM = "\ufeff"
 _VALUE_BLANKS = " \t"
@@ -189,7 +190,7 @@ def _classify(lines: Sequence[str], path: Path | str | None) -> tuple[list[Secti
 
         if text.startswith("#"):
             inner = text[1:].strip()
-            header = _HEADER_RE.fullmatch(inner)
+            header = HEADER_RE.fullmatch(inner)
             if header:
                 block = _Builder(header.group(1), number, retired=True)
                 retired.append(block)
@@ -202,7 +203,7 @@ def _classify(lines: Sequence[str], path: Path | str | None) -> tuple[list[Secti
         block = None
 
         if text.startswith("["):
-            header = _HEADER_RE.fullmatch(text)
+            header = HEADER_RE.fullmatch(text)
             if not header:
                 raise fail(
                     f"malformed section header {text!r}: write it as [id], where the id uses "
@@ -386,6 +387,34 @@ class ConfDocument:
         lines.extend(_comment_line(text, ending) for text in comments)
         lines.append(f"[{id}]{ending}")
         lines.extend(f"{key}={_clean_value(value)}{ending}" for key, value in pairs)
+        self._commit(lines)
+
+    def comment_block(self, id: str) -> tuple[int, list[str]]:
+        """The comment lines directly above section ``id``'s header: (first line number, texts).
+
+        The block is what people write about a profile (where its facts come from, the memory math,
+        "NOT YET TESTED", measured speeds): the ``#`` lines that touch the header from above. A blank
+        line ends it, and so do the lines of a retired section, which belong to that section. Texts
+        are returned as written, with their ``#``. An empty block starts at the header's line."""
+        section = self._require(id)
+        retired_lines = {line for block in self._retired for line in (block.line, *(e.line for e in block.entries))}
+        start = section.line
+        while start > 1:
+            raw = _split_ending(self._lines[start - 2])[0].strip()
+            if not raw.startswith("#") or (start - 1) in retired_lines:
+                break
+            start -= 1
+        texts = [_split_ending(self._lines[n - 1])[0].strip() for n in range(start, section.line)]
+        return start, texts
+
+    def set_comments(self, id: str, comments: Iterable[str]) -> None:
+        """Replace section ``id``'s comment block (see :meth:`comment_block`) with ``comments``; every
+        other line stays byte for byte. A text without a leading ``#`` gets ``# ``."""
+        start, old = self.comment_block(id)
+        ending = self._ending()
+        new = [_comment_line(text, ending) for text in comments]
+        lines = list(self._lines)
+        lines[start - 1:start - 1 + len(old)] = new
         self._commit(lines)
 
     def retire_section(self, id: str, note: str | None = None) -> None:

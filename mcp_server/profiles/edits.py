@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from mcp_server import paths
 from mcp_server.errors import ValidationError
-from mcp_server.profiles.conffile import KEY_RE, ConfDocument, edit_lock, fingerprint_of, unified_diff
+from mcp_server.profiles.conffile import HEADER_RE, KEY_RE, ConfDocument, edit_lock, fingerprint_of, unified_diff
 from mcp_server.profiles.config import (GLOBAL_SECTION, KEYS, Config, check_agent_edit, check_not_a_flag,
                                         check_profile_id, config_from_document, load_config, validate_value)
 
@@ -73,22 +73,71 @@ def _apply(config: Config, profile_id: str, mutate: Any, dry_run: bool) -> EditR
                       dry_run=dry_run, backup=backup)
 
 
+MAX_COMMENT_LINES = 40
+MAX_COMMENT_CHARS = 300
+
+
 def update_profile(config: Config, profile_id: str, set: dict[str, str] | None = None,
-                   unset: list[str] | None = None, dry_run: bool = False, agent: bool = False) -> EditResult:
-    """Set some keys and remove others in one edit (one diff, one write): what ``update_profile`` does."""
+                   unset: list[str] | None = None, dry_run: bool = False, agent: bool = False, *,
+                   comments: list[str] | None = None, replace_comments: dict[str, str] | None = None) -> EditResult:
+    """Set some keys, remove others and rewrite the comment block above the section, in one edit (one
+    diff, one write): what ``update_profile`` does.
+
+    ``comments`` replaces the whole block (``[]`` removes it); ``replace_comments`` maps a text found
+    in exactly one line of the block to that line's new text ('' drops the line), for the usual
+    "NOT YET TESTED" -> "tested 2026-12-02: 42 t/s" edit without restating the rest."""
     updates, removals = dict(set or {}), list(unset or [])
-    if not updates and not removals:
-        raise ValidationError("set/unset", "", "nothing to change: give keys to set or to unset")
+    if not updates and not removals and comments is None and not replace_comments:
+        raise ValidationError("set/unset/comments", "", "nothing to change: give keys to set or to unset, or "
+                              "comments / replace_comments for the comment lines above the section")
     if both := sorted(updates.keys() & removals):
         raise ValidationError(both[0], "", "is both set and unset; pick one")
+    if comments is not None and replace_comments:
+        raise ValidationError("comments", "", "give either comments (the whole block) or replace_comments "
+                              "(some of its lines), not both")
     with _editing(config) as current:
-        return _update(current, profile_id, updates, removals, dry_run, agent)
+        return _update(current, profile_id, updates, removals, dry_run, agent, comments, replace_comments or {})
+
+
+def check_comments(comments: list[str], name: str = "comments") -> None:
+    """Comment lines fit on one line each and never read as a section header (``# [id]`` would start a
+    retired profile of that id)."""
+    if len(comments) > MAX_COMMENT_LINES:
+        raise ValidationError(name, f"{len(comments)} lines", f"at most {MAX_COMMENT_LINES} comment lines")
+    for text in comments:
+        if "\n" in text or "\r" in text or "\0" in text:
+            raise ValidationError(name, text, "a comment must fit on one line")
+        if len(text) > MAX_COMMENT_CHARS:
+            raise ValidationError(name, text[:40] + "...", f"a comment line has at most {MAX_COMMENT_CHARS} "
+                                  "characters; split it")
+        if HEADER_RE.fullmatch(text.lstrip("#").strip()):
+            raise ValidationError(name, text, "reads as a retired section header; reword it (e.g. 'old profile: x')")
+
+
+def _new_block(old: list[str], replacements: dict[str, str], where: str) -> list[str]:
+    """``old`` with each line that contains a key of ``replacements`` replaced by its value."""
+    block = list(old)
+    for find, new in replacements.items():
+        hits = [i for i, line in enumerate(block) if find and find in line]
+        if len(hits) != 1:
+            shown = "; ".join(old) if old else "(no comment lines above the section)"
+            raise ValidationError("replace_comments", find, f"{'matches no' if not hits else f'matches {len(hits)}'} "
+                                  f"comment line above {where}, where exactly one is needed. The lines are: {shown}")
+        block[hits[0]] = new
+    return [line for line in block if line != ""]
 
 
 def _update(config: Config, profile_id: str, updates: dict[str, str], removals: list[str], dry_run: bool,
-            agent: bool) -> EditResult:
+            agent: bool, comments: list[str] | None = None, replacements: dict[str, str] | None = None) -> EditResult:
     section_id = _editable_section(config, profile_id)
     where = f"[{section_id}]"
+    block: list[str] | None = None
+    if comments is not None or replacements:
+        if config.document.section(section_id) is None:
+            raise ValidationError("comments", "", f"{where} is not written in the file yet; set a key first")
+        _, old = config.document.comment_block(section_id)
+        block = list(comments) if comments is not None else _new_block(old, replacements or {}, where)
+        check_comments(block, "comments" if comments is not None else "replace_comments")
     for key, value in updates.items():
         _check_key(key)
         validate_value(key, value, where)
@@ -113,6 +162,8 @@ def _update(config: Config, profile_id: str, updates: dict[str, str], removals: 
             doc.set(section_id, key, value)
         for key in removals:
             doc.unset(section_id, key)
+        if block is not None:
+            doc.set_comments(section_id, block)
 
     return _apply(config, section_id, mutate, dry_run)
 
@@ -139,9 +190,7 @@ def _create(config: Config, profile_id: str, values: dict[str, str], comments: l
         check_not_a_flag(key, value, f"[{profile_id}]")
         if agent:
             check_agent_edit(config, key, value, f"[{profile_id}]")
-    for comment in comments or []:
-        if "\n" in comment or "\r" in comment:
-            raise ValidationError("comment", comment, "a comment must fit on one line")
+    check_comments(list(comments or []))
 
     def mutate(doc: ConfDocument) -> None:
         doc.add_section(profile_id, list(values.items()), comments=list(comments or []))

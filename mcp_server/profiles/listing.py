@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mcp_server.model_files import reader as ggufmeta
 from mcp_server.engine.argv import launch_spec
@@ -32,6 +32,8 @@ class ProfileDetail(ProfileSummary):
     config_path: str
     model_path: str
     shards: list[str]
+    comments: list[str] = Field(description="the comment lines directly above the section, as written "
+                                            "(update_profile's comments / replace_comments edit them)")
     keys: list[KeyValue]
     unknown_keys: list[str]
     argv: list[str]
@@ -68,4 +70,4 @@ def get_profile(config: Config, profile_id: str) -> ProfileDetail:
     spec = launch_spec(profile, config, engine=config.host.engine or "llama-server")
     return ProfileDetail(**_summary(config, profile).model_dump(), line=profile.line, config_path=str(config.path),
                          model_path=str(path), shards=[str(p) for p in ggufmeta.shard_paths(path)] if path else [],
-                         keys=keys, unknown_keys=profile.unknown_keys, argv=spec.argv)
+                         comments=config.document.comment_block(profile.id)[1], keys=keys, unknown_keys=profile.unknown_keys, argv=spec.argv)

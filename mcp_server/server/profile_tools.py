@@ -59,12 +59,22 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
         profile: ProfileOrGlobal,
         set: Annotated[dict[KeyName, KeyValue], Field(description="keys to set (added or changed in place)")] = {},
         unset: Annotated[list[KeyName], Field(description="keys to remove from the profile")] = [],
+        comments: Annotated[list[Annotated[str, Field(max_length=300)]] | None, Field(
+            max_length=40, description="replace the whole comment block above the section with these lines "
+                                       "([] removes it); get_profile shows the current block")] = None,
+        replace_comments: Annotated[dict[Annotated[str, Field(min_length=1, max_length=300)],
+                                         Annotated[str, Field(max_length=300)]], Field(
+            description="change single comment lines above the section: each key is text found in exactly one "
+                        "line, its value that line's new text ('' drops the line), e.g. "
+                        "{\"NOT YET TESTED\": \"tested 2026-12-02: 42 t/s\"}")] = {},
         dry_run: bool = False,
     ) -> EditResult:
         """Change one profile in models.conf: set keys and/or remove keys in one edit, only those lines change; returns the unified diff (dry_run=True previews without writing; a backup of the old file is kept). Keys are models.conf names (CTX_SIZE, N_GPU_LAYERS, TEMP, EXTRA_ARGS...; get_profile shows the current ones). A running model keeps its old settings until restarted."""
         with tool_errors():
             return edits.update_profile(load_config(config_path), profile, set=dict(set), unset=list(unset),
-                                        dry_run=dry_run, agent=True)
+                                        dry_run=dry_run, agent=True,
+                                        comments=list(comments) if comments is not None else None,
+                                        replace_comments=dict(replace_comments))
 
     @mcp.tool(annotations=RETIRES)
     def retire_profile(profile: ProfileId, note: Note = None, dry_run: bool = False) -> EditResult:
