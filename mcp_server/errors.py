@@ -22,6 +22,7 @@ written for the person or agent reading it and says what to do next. Codes in br
     │   │   └── PortInUse [port-in-use]
     │   ├── StartFailed [<cause>]                 launched, never ready: oom, crashed, timeout, ... (class: start-failed)
     │   ├── SwitchFailed [switch-failed]          the target did not start (rolled back)
+    │   │   └── SwitchCancelled [switch-cancelled] cancelled by the caller: its target stopped, no rollback
     │   └── ForeignServer [foreign-server]        an unmanaged server that is not this home's
     ├── DockerError [docker]                      (runtime.containers)
     │   ├── DockerUnavailable [docker-unavailable]

@@ -284,3 +284,57 @@ async def test_cancelled_start_stops_the_server(demo_project, engine_path):
             await anyio.sleep(0.2)
     assert not live, live
     assert [v["status"] for v in views if v["profile"] == "demo"] == ["stopped"]
+
+
+@pytest.mark.engine
+async def test_cancelled_switch_stops_the_new_server_and_does_not_roll_back(demo_project, engine_path, tmp_path):
+    """A client that cancels switch_model while the new model loads leaves neither model running:
+    the new one is stopped, the old one stays stopped (no rollback: that would be another load)."""
+    import anyio
+
+    from mcp_server.runtime.native import MARK_INSTANCE
+
+    _own_port(demo_project, 18320)
+    # bench-demo's load hangs until it is stopped: its --mmproj is a FIFO nobody writes, which
+    # llama-server opens after its HTTP server is up (/health: loading). Nothing but the cancel ends it.
+    fifo = tmp_path / "stall.fifo"
+    os.mkfifo(fifo)
+    update_profile(load_config(demo_project), "bench-demo", set={"EXTRA_ARGS": f"--mmproj {fifo}"})
+    async with Client(_stdio(demo_project), read_timeout_seconds=120) as client:
+        started = await client.call_tool("start_model", {"profile": "demo"})
+        assert not started.is_error, started.content[0].text
+        old = started.structured_content
+        scope = anyio.CancelScope()
+        seen: list[float] = []
+
+        async def on_progress(done: float, total: float | None, message: str | None) -> None:
+            seen.append(done)
+            scope.cancel()  # bench-demo is loading (it cannot get ready): the client gives up
+
+        with anyio.fail_after(60):  # without progress reports (or with a hang) this fails, not waits
+            with scope:
+                await client.call_tool("switch_model", {"profile": "bench-demo"}, progress_callback=on_progress)
+        assert scope.cancelled_caught and seen, "switch_model returned although bench-demo cannot load"
+        # The server stops bench-demo after the cancel arrives; its own load timeout is a minute away.
+        deadline = time.monotonic() + 30
+        while True:
+            views = (await client.call_tool("status", {})).structured_content["instances"]
+            live = [v for v in views if v["status"] in ("loading", "ready")]
+            if not live or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.2)
+    assert not live, live
+    states = {v["profile"]: v["status"] for v in views}
+    assert states == {"demo": "stopped", "bench-demo": "stopped"}, states  # stopped, neither failed nor rolled back
+    (new,) = [v for v in views if v["profile"] == "bench-demo"]
+    for port in (new["port"], old["port"]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK_INSTANCE) in (new["id"], old["id"]) and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc.pid)
+        except psutil.Error:
+            continue
+    assert left == [], f"processes of {new['id']} or {old['id']} remain: {left}"

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from mcp_server.runtime.server_api import chat
 from mcp_server.runtime.registry import InstanceStatus, Registry
 from mcp_server.profiles.config import load_config
 from mcp_server.profiles.edits import create_profile, update_profile
-from mcp_server.runtime.lifecycle import AlreadyRunning, PortInUse, Runtime, StartFailed, StartRefused, SwitchFailed
+from mcp_server.runtime.lifecycle import (AlreadyRunning, PortInUse, Runtime, StartFailed, StartRefused, SwitchCancelled,
+                                          SwitchFailed)
+from mcp_server.runtime.native import MARK_INSTANCE
 from mcp_server.model_files.synthetic import DenseShape, write_dense
 
 from .conftest import need
@@ -126,6 +129,88 @@ def test_switch_to_broken_profile_rolls_back(runtime, project):
     assert "invalid-argument" in (result.error or "")
     states = {v.profile: v.status for v in runtime.status().instances}
     assert states["demo"] == "ready" and states["tiny"] == "failed"
+
+
+def stall_load(project: Path, profile: str, backend: str, tmp_path: Path) -> None:
+    """Make ``profile``'s load hang until it is stopped: its --mmproj is a FIFO nobody writes, and
+    llama-server blocks opening it once its HTTP server is up (so /health says loading) and before
+    it installs its signal handlers (so SIGTERM ends it at once). No timing luck needed to cancel it.
+
+    For containers the FIFO is in the models folder, which they see at /models."""
+    fifo = (project.parent / "models" if backend == "docker" else tmp_path) / "stall.fifo"
+    os.mkfifo(fifo)
+    edit(project, profile, EXTRA_ARGS=f"--mmproj {'/models/stall.fifo' if backend == 'docker' else fifo}")
+
+
+def processes_of(instance_id: str) -> list[int]:
+    """Live processes carrying this instance's mark (the server, whatever its backend, and its keeper)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARK_INSTANCE) == instance_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_cancelled_switch_stops_its_target_and_does_not_roll_back(runtime, project, backend, tmp_path):
+    stall_load(project, "tiny", backend, tmp_path)
+    runtime = reload(runtime, project)
+    old = runtime.start_model("demo")
+    cancel = threading.Event()
+    cancelled_at: list[float] = []
+
+    def progress(report) -> None:  # the first report comes while tiny loads: the caller gives up
+        if not cancel.is_set():
+            cancelled_at.append(time.monotonic())
+            cancel.set()
+
+    with pytest.raises(SwitchCancelled) as info:
+        runtime.switch_model("tiny", progress=progress, cancel=cancel)
+    took = time.monotonic() - cancelled_at[0]
+    result = info.value.result
+    assert info.value.code == "switch-cancelled" and result.cancelled
+    assert [v.profile for v in result.stopped] == ["demo"]
+    assert result.started is None and result.rolled_back == [], "a cancelled switch must not roll back"
+    launched = result.launched
+    assert launched is not None and launched.profile == "tiny" and launched.status == InstanceStatus.STOPPED
+    assert "nothing runs for tiny" in str(info.value) and "Nothing was rolled back" in str(info.value)
+    # Its load never ends by itself (and would time out only after a minute): only the cancel stopped it.
+    assert took < 15, f"the cancel took {took:.1f} s to stop the switch"
+    states = {v.profile: v.status for v in reload(runtime, project).status().instances}
+    assert states == {"demo": "stopped", "tiny": "stopped"}
+    assert not listening(launched.port) and not listening(old.port)
+    assert processes_of(launched.id) == [] and processes_of(old.id) == []
+
+
+def test_switch_cancelled_before_it_decides_changes_nothing(runtime, project):
+    old = runtime.start_model("demo")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(SwitchCancelled) as info:
+        runtime.switch_model("tiny", cancel=cancel)
+    assert info.value.result.stopped == [] and info.value.result.launched is None
+    states = {v.profile: v.status for v in runtime.status().instances}
+    assert states == {"demo": "ready"} and listening(old.port)
+
+
+def test_switch_cancelled_while_stopping_does_not_launch(runtime, project, monkeypatch):
+    runtime.start_model("demo")
+    cancel = threading.Event()
+    stop_locked = runtime._stop_locked
+
+    def stop_then_cancel(records, grace_s):  # the cancel arrives while the old model is being stopped
+        stopped = stop_locked(records, grace_s)
+        cancel.set()
+        return stopped
+
+    monkeypatch.setattr(runtime, "_stop_locked", stop_then_cancel)
+    with pytest.raises(SwitchCancelled) as info:
+        runtime.switch_model("tiny", cancel=cancel)
+    result = info.value.result
+    assert [v.profile for v in result.stopped] == ["demo"] and result.launched is None and result.rolled_back == []
+    assert {v.profile: v.status for v in runtime.status().instances} == {"demo": "stopped"}
 
 
 def test_killed_server_is_reported_failed_with_log_kept(runtime, project, backend):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,9 @@ class SwitchResult(BaseModel):
         "stopped started before this"))
     launched: InstanceView | None = Field(default=None, description=(
         "the instance this switch launched, as claimed (started_at is the claim); None when the target "
-        "was already running or nothing could be launched"))
+        "was already running or nothing could be launched; after a cancel, as it ended"))
+    cancelled: bool = Field(default=False, description=(
+        "the caller cancelled the switch: what it launched was stopped, nothing was rolled back"))
 
 
 class ReadyView(InstanceView):
@@ -458,12 +461,18 @@ class Runtime:
                 return candidate
         raise PortInUse(f"every port from {port} to {port + 99}", "other programs")
 
-    def _wait_ready(self, record: InstanceRecord, progress: Progress | None) -> InstanceRecord:
+    def _wait_ready(self, record: InstanceRecord, progress: Progress | None,
+                    cancel: threading.Event | None = None) -> InstanceRecord:
+        """Poll until the instance answers /health with 200; raises StartFailed when it ends or times out,
+        and :class:`_WaitCancelled` once ``cancel`` is set (the instance is left as it is: the caller
+        decides whether to stop it)."""
         backend = self.backend(record.backend)
         deadline = record.started_at + record.load_timeout_s
         last_fraction = -1.0
         next_progress = 0.0
         while True:
+            if cancel is not None and cancel.is_set():
+                raise _WaitCancelled()
             state = backend.state(record)
             if not state.alive:
                 with self.registry.lock():
@@ -486,7 +495,11 @@ class Runtime:
                 with self.registry.lock():
                     record = self._mark_ended(record, final, timed_out=True)
                 raise StartFailed(record, record.diagnosis or explain_exit("", None, timed_out=True), self._tail(record))
-            time.sleep(_poll_delay(time.time() - record.started_at))
+            delay = _poll_delay(time.time() - record.started_at)
+            if cancel is None:
+                time.sleep(delay)
+            else:
+                cancel.wait(delay)  # wakes at once when set: a cancel is seen within one poll (<= 0.1 s)
 
     def _mark_ready(self, record: InstanceRecord) -> InstanceRecord | None:
         """Record that the server answers, on the record as it is now (not our copy, which may
@@ -547,7 +560,7 @@ class Runtime:
         return state
 
     def switch_model(self, profile_id: str, *, backend: str | None = None, timeout_s: float | None = None,
-                     progress: Progress | None = None) -> SwitchResult:
+                     progress: Progress | None = None, cancel: threading.Event | None = None) -> SwitchResult:
         """Stop what occupies the target's devices, start the target; on failure restart what was there.
 
         One hold of the registry lock covers the decision and the action: reconcile, choose what to
@@ -562,6 +575,14 @@ class Runtime:
         A ready target means nothing to do; a loading one (another process's start or switch) is
         kept and waited for. If the target is stopped while it loads (a later switch or a stop
         took the devices), nothing is rolled back: the devices are someone else's now.
+
+        ``cancel`` (set by the caller, e.g. the MCP tool when its client cancels): seen before the
+        decision, nothing is stopped or started; seen after the old instances were stopped, the target
+        is not launched; seen while the target loads (within one poll, <= 0.1 s), the instance this
+        switch launched is stopped. Then :class:`SwitchCancelled` is raised, its result saying what was
+        stopped and that nothing runs for the target (a target loading for another process's start is
+        left to it). A cancelled switch never rolls back: the caller asked it to stop, and a rollback
+        is another load, as long as the one cancelled.
         """
         _check_timeout(timeout_s)
         wanted = _devices(self.config.profile(profile_id))
@@ -569,6 +590,9 @@ class Runtime:
             launch = self._prepare(profile_id, backend)
         except LlamaPilotError as exc:  # refused before anything was stopped
             raise SwitchFailed(SwitchResult(stopped=[], started=None, error=str(exc))) from exc
+        if cancel is not None and cancel.is_set():  # nothing done yet: leave everything as it is
+            raise SwitchCancelled(SwitchResult(stopped=[], started=None, cancelled=True, error=(
+                f"switch to {profile_id} cancelled before it decided anything: nothing was stopped or started")))
         with self.registry.lock():
             decided_at = time.time()
             live = self._live_locked()
@@ -582,21 +606,29 @@ class Runtime:
             restorable = [r for r in occupying if not r.stop_requested and r.profile != profile_id]
             stopped = self._stop_locked(occupying, grace_s=10.0)
             remaining = [r for r in live if r not in occupying]
-            try:
-                record = current or self._launch_locked(launch, remaining, port=None, timeout_s=timeout_s)
-            except LlamaPilotError as exc:
-                failure: LlamaPilotError | None = exc
-                record = None
-            else:
-                failure = None
+            record: InstanceRecord | None = None
+            failure: LlamaPilotError | None = None
+            # Stopping can take seconds: a cancel that came meanwhile must not launch a model only to
+            # stop it again.
+            if current is not None or cancel is None or not cancel.is_set():
+                try:
+                    record = current or self._launch_locked(launch, remaining, port=None, timeout_s=timeout_s)
+                except LlamaPilotError as exc:
+                    failure = exc
         result = SwitchResult(stopped=[_view(r) for r in stopped], started=None, decided_at=decided_at,
                               launched=_view(record) if record is not None and record is not current else None)
         if record is not None:
             try:
-                result.started = _view(self._wait_ready(record, progress))
+                result.started = _view(self._wait_ready(record, progress, cancel))
                 return result
+            except _WaitCancelled:
+                pass
             except LlamaPilotError as exc:
                 failure = exc
+        if cancel is not None and cancel.is_set():
+            # Also when the target failed at the same moment: the caller asked to stop, so no rollback.
+            raise self._cancelled_switch(result, profile_id, record if record is not current else None,
+                                         others_start=current is not None)
         assert failure is not None
         if isinstance(failure, StartFailed) and failure.stopped_on_request:
             result.error = f"{failure} Nothing was rolled back: another stop or switch took the devices."
@@ -604,6 +636,32 @@ class Runtime:
             result.rolled_back, notes = self._roll_back(restorable)
             result.error = "\n".join([str(failure), *notes])
         raise SwitchFailed(result) from failure
+
+    def _cancelled_switch(self, result: SwitchResult, profile_id: str, launched: InstanceRecord | None, *,
+                          others_start: bool) -> SwitchCancelled:
+        """Stop what a cancelled switch launched (its view in ``result.launched`` becomes how it ended)
+        and say what the switch left behind."""
+        result.cancelled = True
+        done = [f"stopped {', '.join(f'{v.profile} ({v.id})' for v in result.stopped)}" if result.stopped
+                else "stopped nothing"]
+        if launched is not None:
+            now = self.registry.get(launched.id) or launched
+            if now.is_live:
+                # Not _stop_locked: the lock is not held while it ends, so status stays answerable.
+                now = self._stop_one(now, grace_s=5)
+                done.append(f"stopped {launched.id} again while it loaded")
+            else:  # it failed (or was stopped) on its own meanwhile: keep how it ended, diagnosis included
+                done.append(f"{launched.id} had already ended ({now.status})")
+            result.launched = _view(now)
+            left = f"nothing runs for {profile_id}"
+        elif others_start:
+            # Another process's start or switch launched it: not this switch's to stop.
+            left = f"{profile_id} is left loading for whoever launched it (not this switch)"
+        else:
+            left = f"nothing runs for {profile_id} (it was never launched)"
+        result.error = (f"switch to {profile_id} cancelled: {'; '.join(done)}; {left}. Nothing was rolled back "
+                        f"(a rollback would be another load, as long as the one cancelled).")
+        return SwitchCancelled(result)
 
     def _roll_back(self, stopped: list[InstanceRecord]) -> tuple[list[InstanceView], list[str]]:
         """Restart what a failed switch stopped, on its old port; returns the ready ones and notes.
@@ -814,6 +872,16 @@ class SwitchFailed(LifecycleError):
     def __init__(self, result: SwitchResult) -> None:
         self.result = result
         super().__init__(result.error or "switch failed")
+
+
+class SwitchCancelled(SwitchFailed):
+    """The caller cancelled a switch: what it launched is stopped, and nothing was rolled back."""
+
+    code = "switch-cancelled"  # like build-cancelled and bench-cancelled
+
+
+class _WaitCancelled(Exception):
+    """_wait_ready saw its cancel event; not a LlamaPilotError, so no failure handler mistakes it for one."""
 
 
 class LogTail(BaseModel):

@@ -55,9 +55,42 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
     async def switch_model(profile: ProfileId, ctx: Context, backend: BackendName | None = None,
                            timeout_s: LoadTimeout = None) -> SwitchResult:
         """Replace the running model: stop what occupies the GPUs, start this profile; if it fails, the previous model is restarted and the error says why."""
+        import threading
+
         relay = progress_relay(ctx)
-        return await in_thread(lambda: runtime().switch_model(profile, backend=backend, timeout_s=timeout_s,
-                                                              progress=relay))
+        cancel, finished = threading.Event(), threading.Event()
+        outcome: list[SwitchResult] = []
+
+        def work() -> SwitchResult:
+            try:
+                # No progress once cancelled: the request it would report on is gone.
+                outcome.append(runtime().switch_model(profile, backend=backend, timeout_s=timeout_s, cancel=cancel,
+                                                      progress=lambda p: None if cancel.is_set() else relay(p)))
+                return outcome[0]
+            finally:
+                finished.set()
+
+        def stop_launched(instance_id: str) -> None:
+            from mcp_server.errors import LlamaPilotError
+
+            try:
+                runtime().stop_model(instance_id, grace_s=5)
+            except LlamaPilotError:  # already stopped by someone else: the cancellation must still go through
+                pass
+
+        try:
+            # Abandoned on cancel, so the cancel reaches this task at once instead of after the load.
+            return await in_thread(work, cancellable=True)
+        except anyio.get_cancelled_exc_class():
+            # The worker goes on: tell it to stop the model it launched (no rollback), and wait, shielded,
+            # until it has, so nothing is left loading behind the client's back (as start_model does).
+            cancel.set()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(finished.wait)
+                # It may have got the target ready just before the cancel was seen: stop that too.
+                if outcome and outcome[0].launched is not None and outcome[0].started is not None:
+                    await anyio.to_thread.run_sync(stop_launched, outcome[0].started.id)
+            raise
 
     @mcp.tool(annotations=READ_ONLY)
     async def status() -> InstanceList:
