@@ -85,11 +85,11 @@ class ProfileNotFound(ConfigError):
 
     code = "profile-not-found"
 
-    def __init__(self, profile: str, known: list[str]) -> None:
+    def __init__(self, profile: str, known: list[str], advice: str = "") -> None:
         self.profile = profile
         self.known = known
         hint = f" Known profiles: {', '.join(known)}." if known else " The file defines no profiles."
-        super().__init__(f"No profile named {profile!r}.{hint}")
+        super().__init__(f"No profile named {profile!r}.{hint}{' ' + advice if advice else ''}")
 
 
 class ValidationError(LlamaPilotError):

@@ -66,6 +66,9 @@ def project(demo_project: Path, engine_path: str, isolated_home: Path) -> Path:
         os.symlink(real_bin / target, install / "bin" / target)
     (install / "build.json").write_text(json.dumps({"plan": plan.model_dump(), "seconds": {}, "date": "-",
                                                     "version_text": ""}))
+    candidates = demo_project.parent / "models" / "documentation" / "CANDIDATES"
+    candidates.mkdir(parents=True, exist_ok=True)
+    (candidates / "Gemma.md").write_text("# Gemma 3 270M\n")
     return demo_project
 
 
@@ -112,9 +115,14 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path):
         path = files["files"][0]["path"]
         await both("inspect_model_file", {"path": path}, path, exact=True)
         await both("estimate_fit", {"profile": "demo", "gpus": "none"}, "demo", "--gpus", "none", exact=True)
-        await both("plan_placement", {"model": path, "ctx": 2048, "gpus": "none", "write_profile": "demo",
-                                      "dry_run": True},
-                   path, "--ctx", "2048", "--gpus", "none", "--write", "demo", "--dry-run")
+        await both("plan_placement", {"model": path, "ctx": 2048, "gpus": "none"}, path, "--ctx", "2048", "--gpus",
+                   "none")
+        await both("apply_placement", {"profile": "demo", "ctx": 2048, "gpus": "none", "dry_run": True},
+                   "demo", "--ctx", "2048", "--gpus", "none", "--dry-run")
+        await both("estimate_fit", {"model": path, "values": {"CTX_SIZE": "2048"}, "gpus": "none"},
+                   "--model", path, "--set", "CTX_SIZE=2048", "--gpus", "none", exact=True)
+        await both("create_bench_profile", {"profile": "demo", "dry_run": True}, "demo", "--dry-run", exact=True)
+        await both("promote_model_card", {"name": "Gemma", "dry_run": True}, "Gemma", "--dry-run", exact=True)
         await both("gpu_stats", {})
         await both("diagnose", {"profile": "demo"}, "demo")
         await both("bench_results", {}, exact=True)

@@ -282,12 +282,32 @@ async def test_every_tool_refuses_arguments_it_does_not_take(conf):
         tools = (await client.list_tools()).tools
         assert tools and all(t.input_schema.get("additionalProperties") is False for t in tools)
         listed = await client.call_tool("list_profiles", {"bogus": 1})
-        assert listed.is_error and "bogus" in _text(listed) and "Extra inputs are not permitted" in _text(listed)
+        assert listed.is_error and "invalid-argument: bogus: not a parameter of list_profiles (its parameters: " \
+            "include_bench)" in _text(listed)
         # A misspelt dry_run must not turn the preview into a write.
         typo = await client.call_tool("update_profile", {"profile": "alpha", "set": {"TEMP": "0.1"}, "dryrun": True})
         assert typo.is_error and "dryrun" in _text(typo)
         assert not (await client.call_tool("list_profiles", {})).is_error
     assert conf.read_text() == before
+
+
+async def test_every_parameter_is_described_outside_anyof(conf):
+    """A client shows a parameter's top-level description; one inside an anyOf branch is not shown."""
+    async with Client(build_server(conf)) as client:
+        tools = (await client.list_tools()).tools
+    undescribed = [f"{t.name}.{name}" for t in tools for name, prop in t.input_schema.get("properties", {}).items()
+                   if not prop.get("description") or any("description" in b for b in prop.get("anyOf", []))]
+    assert undescribed == []
+
+
+async def test_validation_errors_name_the_parameter_without_pydantic_internals(conf):
+    async with Client(build_server(conf)) as client:
+        negative = _text(await client.call_tool("start_model", {"profile": "alpha", "timeout_s": -5}))
+        missing = _text(await client.call_tool("get_profile", {}))
+    assert "invalid-argument: timeout_s: Input should be greater than 0 (got -5)" in negative
+    assert "invalid-argument: profile: required" in missing
+    for text in (negative, missing):
+        assert "pydantic" not in text and "Arguments" not in text and "validation error" not in text
 
 
 async def test_capabilities_are_advertised_only_where_implemented(conf):

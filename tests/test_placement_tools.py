@@ -27,18 +27,21 @@ async def test_estimate_fit_and_plan_placement(project):
     async with Client(build_server(project), raise_exceptions=True) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert tools["estimate_fit"].annotations.read_only_hint is True and tools["estimate_fit"].output_schema
-        assert tools["plan_placement"].annotations.destructive_hint is True
+        assert tools["plan_placement"].annotations.read_only_hint is True
+        assert tools["apply_placement"].annotations.destructive_hint is True
         est = (await client.call_tool("estimate_fit", {"profile": "moe", "gpus": "16GiB"})).structured_content
         cuda0 = est["estimate"]["devices"][0]
         assert cuda0["device"] == "CUDA0" and cuda0["fits"] is False and cuda0["weights_mib"] > 16000
         before = project.read_text()
-        planned = (await client.call_tool("plan_placement", {
-            "model": "Qwen/moe-00001-of-00002.gguf", "ctx": 16384, "gpus": "16GiB", "write_profile": "moe",
-            "dry_run": True})).structured_content
+        planned = (await client.call_tool("apply_placement", {
+            "profile": "moe", "ctx": 16384, "gpus": "16GiB", "dry_run": True})).structured_content
         assert planned["plan"]["strategy"] == "moe-experts-cpu"
         assert "+OVERRIDE_TENSORS=" in planned["edit"]["diff"] and project.read_text() == before
-        await client.call_tool("plan_placement", {"model": "Qwen/moe-00001-of-00002.gguf", "ctx": 16384,
-                                                  "gpus": "16GiB", "write_profile": "moe"})
+        read_only = (await client.call_tool("plan_placement", {"model": "Qwen/moe-00001-of-00002.gguf", "ctx": 16384,
+                                                               "gpus": "16GiB"})).structured_content
+        assert read_only["edit"] is None and project.read_text() == before
+        assert read_only["plan"]["settings"] == planned["plan"]["settings"]
+        await client.call_tool("apply_placement", {"profile": "moe", "ctx": 16384, "gpus": "16GiB"})
         after = (await client.call_tool("estimate_fit", {"profile": "moe", "gpus": "16GiB"})).structured_content
         assert after["estimate"]["devices"][0]["fits"] is True
 
@@ -55,6 +58,5 @@ async def test_placement_refusals(project):
         assert missing.is_error and "nope" in missing.content[0].text
         idle = await client.call_tool("calibrate", {"profile": "moe"})
         assert idle.is_error and "not running" in idle.content[0].text
-        unknown = await client.call_tool("plan_placement", {"model": "Qwen/moe-00001-of-00002.gguf", "gpus": "8GiB",
-                                                            "write_profile": "nope"})
+        unknown = await client.call_tool("apply_placement", {"profile": "nope", "gpus": "8GiB"})
         assert unknown.is_error and "nope" in unknown.content[0].text

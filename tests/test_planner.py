@@ -167,13 +167,13 @@ def test_plan_cli_writes_the_profile_and_lint_accepts_it(tmp_path, write_conf):
     write_sparse_moe(models / "big", MOE_80B, n_shards=3)
     runner = CliRunner()
     before = conf.read_text()
-    dry = runner.invoke(cli, ["--config", str(conf), "plan", str(models / "big-00001-of-00003.gguf"), "--ctx",
-                              "32768", "--gpus", "24GiB,16GiB", "--write", "big", "--dry-run"])
+    dry = runner.invoke(cli, ["--config", str(conf), "apply", "big", "--ctx", "32768", "--gpus", "24GiB,16GiB",
+                              "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert "+OVERRIDE_TENSORS=" in dry.output and "-N_CPU_MOE=10" in dry.output
     assert conf.read_text() == before  # dry run wrote nothing
-    done = runner.invoke(cli, ["--config", str(conf), "plan", str(models / "big-00001-of-00003.gguf"), "--ctx",
-                               "32768", "--gpus", "24GiB,16GiB", "--write", "big", "--json"])
+    done = runner.invoke(cli, ["--config", str(conf), "apply-placement", "big", "--ctx", "32768", "--gpus",
+                               "24GiB,16GiB", "--json"])
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     text = conf.read_text()
@@ -193,34 +193,29 @@ def test_plan_refuses_a_profile_that_does_not_exist(tmp_path, write_conf):
     write_sparse_moe(models / "big", MOE_30B)
     conf = write_conf("[global]\nMODELS_DIR=models\n")
     before = conf.read_text()
-    out = CliRunner().invoke(cli, ["--config", str(conf), "plan", str(models / "big-00001-of-00001.gguf"),
-                                   "--gpus", "8GiB", "--write", "nope"])
+    out = CliRunner().invoke(cli, ["--config", str(conf), "apply-placement", "nope", "--model",
+                                   str(models / "big-00001-of-00001.gguf"), "--gpus", "8GiB"])
     assert out.exit_code == 1 and "nope" in out.output
     assert conf.read_text() == before
 
 
-def test_plan_write_refuses_a_profile_of_another_file_unless_asked_to_set_model(tmp_path, write_conf):
+def test_apply_placement_of_another_file_points_model_at_it_and_defaults_come_from_the_profile(tmp_path, write_conf):
     conf = write_conf("[global]\nMODELS_DIR=models\n\n[b]\nMODEL=b/b-00001-of-00001.gguf\nCTX_SIZE=4096\n")
     models = conf.parent / "models"
     write_sparse_moe(models / "a" / "a", MOE_30B)
     write_sparse_moe(models / "b" / "b", MOE_30B)
-    before = conf.read_text()
     runner = CliRunner()
-    args = ["--config", str(conf), "plan-placement", "a/a-00001-of-00001.gguf", "--gpus", "24GiB", "--write", "b"]
-    refused = runner.invoke(cli, [*args, "--json"])
-    assert refused.exit_code == 1
-    error = json.loads(refused.output)["error"]
-    assert error["code"] == "invalid-value" and "b/b-00001-of-00001.gguf" in error["message"]
-    assert "--set-model" in error["message"] or "set_model" in error["message"]
-    assert conf.read_text() == before
-    done = runner.invoke(cli, [*args, "--set-model", "--json"])
+    own = runner.invoke(cli, ["--config", str(conf), "apply-placement", "b", "--gpus", "24GiB", "--dry-run", "--json"])
+    assert own.exit_code == 0, own.output
+    planned = json.loads(own.output)
+    assert planned["plan"]["ctx"] == 4096  # the profile's CTX_SIZE, not the training context
+    assert "+MODEL=" not in planned["edit"]["diff"] and "-MODEL=" not in planned["edit"]["diff"]
+    done = runner.invoke(cli, ["--config", str(conf), "apply-placement", "b", "--model", "a/a-00001-of-00001.gguf",
+                               "--gpus", "24GiB", "--json"])
     assert done.exit_code == 0, done.output
     edit = json.loads(done.output)["edit"]
     assert "-MODEL=b/b-00001-of-00001.gguf" in edit["diff"] and "+MODEL=a/a-00001-of-00001.gguf" in edit["diff"]
     assert load_config(conf).profile("b").model == "a/a-00001-of-00001.gguf"
-    # Planning the profile's own file needs no flag.
-    again = runner.invoke(cli, [*args, "--dry-run", "--json"])
-    assert again.exit_code == 0, again.output
 
 
 def test_calibration_overhead_is_the_median_of_measurements(moe30):

@@ -43,7 +43,7 @@ def bench() -> None:
     """Benchmarks: speed, EvalPlus HumanEval+, report, background jobs."""
 
 
-@bench.command("profile")
+@click.command("create-bench-profile")
 @click.argument("profile")
 @click.option("--ctx-per-slot", type=int, default=10240, show_default=True,
               help="Context per server slot (HumanEval's worst case is about 8.4K tokens).")
@@ -51,8 +51,8 @@ def bench() -> None:
 @click.option("--dry-run", is_flag=True, help="Show the diff without writing.")
 @json_option
 @click.pass_context
-def profile_cmd(ctx: click.Context, profile: str, ctx_per_slot: int, parallel: int | None, dry_run: bool,
-                as_json: bool) -> None:
+def create_bench_profile_cmd(ctx: click.Context, profile: str, ctx_per_slot: int, parallel: int | None,
+                             dry_run: bool, as_json: bool) -> None:
     """Create bench-PROFILE from PROFILE: benchmark context, no server samplers, reasoning kept parseable."""
     from mcp_server.bench.evalplus_run import create_bench_profile
 
@@ -336,8 +336,11 @@ def bench_results_cmd(profile: str | None, kind: str | None, limit: int, results
 
 
 # The commands this module adds to `llama-pilot` (cli.main loads the module when one is called).
+bench.add_command(create_bench_profile_cmd, "profile")  # the older spelling, kept as an alias
+
 COMMANDS: dict[str, click.Command] = {
     bench.name: bench,
+    create_bench_profile_cmd.name: create_bench_profile_cmd,
     run_benchmark_cmd.name: run_benchmark_cmd,
     get_job_cmd.name: get_job_cmd,
     list_jobs_cmd.name: list_jobs_cmd,

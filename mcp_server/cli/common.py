@@ -45,6 +45,17 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(_dump(value), indent=2))
 
 
+def parse_assignments(pairs: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE words of a command line as a dict (a usage error names the word that is not one)."""
+    updates: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"{pair!r} is not KEY=VALUE")
+        updates[key.strip()] = value.strip()
+    return updates
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]

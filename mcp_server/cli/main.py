@@ -74,11 +74,11 @@ COMMANDS: dict[str, str] = {
                      "retire-profile"], "profiles"),
     **dict.fromkeys(["start-model", "stop-model", "switch-model", "status", "tail-logs", "load-report", "orphans",
                      "diagnose", "test-completion"], "runtime"),
-    **dict.fromkeys(["inspect-model-file", "list-model-files", "estimate-fit", "plan-placement", "calibrate"],
-                    "placement"),
+    **dict.fromkeys(["inspect-model-file", "list-model-files", "promote-model-card", "estimate-fit", "plan-placement",
+                     "apply-placement", "calibrate"], "placement"),
     **dict.fromkeys(["gpu-stats", "system-stats", "dashboard", "engine", "build-engine", "docker", "setup", "demo",
                      "install-claude"], "host"),
-    **dict.fromkeys(["bench", "run-benchmark", "get-job", "list-jobs", "cancel-job", "bench-results"], "bench"),
+    **dict.fromkeys(["bench", "create-bench-profile", "run-benchmark", "get-job", "list-jobs", "cancel-job", "bench-results"], "bench"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from mcp_server.cli.common import (cli_errors, config_of, config_or_none, dry_run_option, emit_json, json_option,
-                                   render_edit, table)
+                                   parse_assignments, render_edit, table)
 
 @click.command("inspect-model-file")
 @click.argument("path")
@@ -65,22 +65,30 @@ def _inventory_line(inv: Any) -> str:
 
 
 @click.command("estimate-fit")
-@click.argument("profile")
+@click.argument("profile", required=False)
+@click.option("--model", help="A model file under MODELS_DIR: estimate it as a draft profile (nothing is written).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="A draft setting on top of the profile (repeatable), e.g. --set CTX_SIZE=32768.")
 @click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB, or 'none' (default: the GPUs NVML sees).")
 @click.option("--oracle", is_flag=True, help="Also ask llama-fit-params (llama.cpp's dry run) and show both.")
 @click.option("--no-fit", "no_fit", is_flag=True, help="Do not replay llama-server's --fit.")
 @json_option
 @click.pass_context
-def estimate_fit_cmd(ctx: click.Context, profile: str, gpus: str | None, oracle: bool, no_fit: bool,
-                 as_json: bool) -> None:
-    """Predict per-device memory for PROFILE: weights, KV cache, compute, overhead, fits or not."""
+def estimate_fit_cmd(ctx: click.Context, profile: str | None, model: str | None, assignments: tuple[str, ...],
+                     gpus: str | None, oracle: bool, no_fit: bool, as_json: bool) -> None:
+    """Predict per-device memory for PROFILE (or a --model file, or --set changes): weights, KV, compute, fits or not."""
     from mcp_server.placement.operations import estimate_fit
 
+    if profile is None and model is None:
+        raise click.UsageError("give a PROFILE, or --model FILE to estimate a model file before its profile exists")
     with cli_errors():
-        result = estimate_fit(config_of(ctx), profile, gpus, oracle=oracle, replay_fit=not no_fit)
+        result = estimate_fit(config_of(ctx), profile, gpus, oracle=oracle, replay_fit=not no_fit, model=model,
+                              values=parse_assignments(assignments))
     if as_json:
         return emit_json(result)
     est = result.estimate
+    if result.draft:
+        click.echo(f"draft [{result.profile}] (not written): " + " ".join(f"{k}={v}" for k, v in result.changes.items()))
     click.echo(_inventory_line(result.inventory))
     click.echo(f"context {est.n_ctx}, {est.slots} slots ({'unified' if est.unified_kv else 'per slot'} KV); "
                f"overhead per GPU {result.overhead_mib:.0f} MiB: {result.overhead_source}")
@@ -119,26 +127,46 @@ def estimate_fit_cmd(ctx: click.Context, profile: str, gpus: str | None, oracle:
 @click.option("--slots", type=click.IntRange(1), default=1, show_default=True, help="Parallel requests.")
 @click.option("--reserve", "reserve_mib", type=click.FloatRange(0), default=384, show_default=True,
               help="MiB to keep free per GPU beyond the estimate.")
-@click.option("--write", "write_profile", help="Write the settings into this profile (shows the diff); its MODEL "
-              "must be this file, unless --set-model.")
-@click.option("--set-model", is_flag=True, help="With --write: also point the profile's MODEL at this file.")
-@dry_run_option
 @json_option
 @click.pass_context
 def plan_placement_cmd(ctx: click.Context, model: str, n_ctx: int, gpus: str | None, kv_type: str, slots: int,
-                       reserve_mib: float, write_profile: str | None, set_model: bool, dry_run: bool,
-                       as_json: bool) -> None:
-    """Propose placement settings for a GGUF MODEL file on the GPUs, and optionally write them into a profile.
+                       reserve_mib: float, as_json: bool) -> None:
+    """Propose placement settings for a GGUF MODEL file on the GPUs (writes nothing: apply-placement does).
 
     MODEL is a file (absolute or relative to here) or a path under MODELS_DIR."""
     from mcp_server.placement.operations import plan_placement
 
-    if set_model and not write_profile:
-        raise click.UsageError("--set-model only goes with --write PROFILE")
     with cli_errors():
-        config = config_of(ctx) if write_profile else config_or_none(ctx)
-        result = plan_placement(config, model, n_ctx, gpus, kv_type=kv_type, slots=slots, reserve_mib=reserve_mib,
-                                write_profile=write_profile, set_model=set_model, dry_run=dry_run, agent=False)
+        result = plan_placement(config_or_none(ctx), model, n_ctx, gpus, kv_type=kv_type, slots=slots,
+                                reserve_mib=reserve_mib, agent=False)
+    _render_plan(result, as_json)
+
+
+@click.command("apply-placement")
+@click.argument("profile")
+@click.option("--model", help="Plan this file instead of the profile's MODEL, and point MODEL at it (the diff shows it).")
+@click.option("--ctx", "n_ctx", type=click.IntRange(0), help="Context tokens (default: the profile's CTX_SIZE).")
+@click.option("--gpus", help="Declared GPU sizes, e.g. 24GiB,16GiB (default: free memory NVML sees now).")
+@click.option("--kv", "kv_type", help="KV cache type (default: the profile's KV_CACHE_TYPE_K, else f16).")
+@click.option("--slots", type=click.IntRange(1), help="Parallel requests (default: the profile's PARALLEL, else 1).")
+@click.option("--reserve", "reserve_mib", type=click.FloatRange(0), default=384, show_default=True,
+              help="MiB to keep free per GPU beyond the estimate.")
+@dry_run_option
+@json_option
+@click.pass_context
+def apply_placement_cmd(ctx: click.Context, profile: str, model: str | None, n_ctx: int | None, gpus: str | None,
+                        kv_type: str | None, slots: int | None, reserve_mib: float, dry_run: bool,
+                        as_json: bool) -> None:
+    """Plan placement for PROFILE's model file and write the settings into PROFILE (one edit, diff shown)."""
+    from mcp_server.placement.operations import apply_placement
+
+    with cli_errors():
+        result = apply_placement(config_of(ctx), profile, model, n_ctx, gpus, kv_type=kv_type, slots=slots,
+                                 reserve_mib=reserve_mib, dry_run=dry_run, agent=False)
+    _render_plan(result, as_json)
+
+
+def _render_plan(result, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     if as_json:
         return emit_json(result)
     p = result.plan
@@ -180,6 +208,22 @@ def calibrate_cmd(ctx: click.Context, profile: str, note: str | None, as_json: b
         click.echo(f"note: {m.note}")
 
 
+@click.command("promote-model-card")
+@click.argument("name")
+@dry_run_option
+@json_option
+@click.pass_context
+def promote_model_card_cmd(ctx: click.Context, name: str, dry_run: bool, as_json: bool) -> None:
+    """Move documentation/CANDIDATES/NAME.md up to documentation/ (never overwrites a card)."""
+    from mcp_server.model_files.cards import promote_model_card
+
+    with cli_errors():
+        result = promote_model_card(config_of(ctx), name, dry_run=dry_run)
+    if as_json:
+        return emit_json(result)
+    click.echo(f"{'would move' if dry_run else 'moved'} {result.source} -> {result.target}")
+
+
 @click.command("list-model-files")
 @json_option
 @click.pass_context
@@ -202,6 +246,8 @@ COMMANDS: dict[str, click.Command] = {
     inspect_model_file_cmd.name: inspect_model_file_cmd,
     estimate_fit_cmd.name: estimate_fit_cmd,
     plan_placement_cmd.name: plan_placement_cmd,
+    apply_placement_cmd.name: apply_placement_cmd,
     calibrate_cmd.name: calibrate_cmd,
     list_model_files_cmd.name: list_model_files_cmd,
+    promote_model_card_cmd.name: promote_model_card_cmd,
 }

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from mcp_server.cli.common import cli_errors, config_of, dry_run_option, emit_json, json_option, render_edit, table
+from mcp_server.cli.common import (cli_errors, config_of, dry_run_option, emit_json, json_option, parse_assignments,
+                                   render_edit, table)
 
 @click.command("list-profiles")
 @click.option("--bench/--no-bench", default=True, help="Include bench- profiles.")
@@ -106,16 +107,6 @@ def lint_profiles_cmd(ctx: click.Context, profile: str | None, as_json: bool) ->
         sys.exit(1)
 
 
-def _parse_assignments(pairs: tuple[str, ...]) -> dict[str, str]:
-    updates: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.UsageError(f"{pair!r} is not KEY=VALUE")
-        updates[key.strip()] = value.strip()
-    return updates
-
-
 @click.command("create-profile")
 @click.argument("profile")
 @click.argument("assignments", nargs=-1, required=True)
@@ -128,7 +119,7 @@ def create_profile_cmd(ctx: click.Context, profile: str, assignments: tuple[str,
     """Append a new profile: create PROFILE MODEL=dir/file.gguf NAME=... [KEY=VALUE...]."""
     from mcp_server.profiles.edits import create_profile
 
-    values = _parse_assignments(assignments)
+    values = parse_assignments(assignments)
     with cli_errors():
         result = create_profile(config_of(ctx), profile, values, comments=list(comments), dry_run=dry_run)
     render_edit(result, as_json)
@@ -156,7 +147,7 @@ def update_profile_cmd(ctx: click.Context, profile: str, assignments: tuple[str,
         raise click.UsageError("give KEY=VALUE pairs to set, --unset KEY, --comment TEXT or --replace-comment FIND NEW")
     if no_comments and comment_lines:
         raise click.UsageError("--no-comments removes the comment lines; do not also give --comment")
-    updates = _parse_assignments(assignments)
+    updates = parse_assignments(assignments)
     comments = [] if no_comments else (list(comment_lines) if comment_lines else None)
     with cli_errors():
         result = update_profile(config_of(ctx), profile, set=updates, unset=list(unset_keys), dry_run=dry_run,

@@ -292,6 +292,25 @@ def _choose_backend(backend: str, archs: str | None, nvml) -> tuple[str, str | N
     return "cuda", found
 
 
+# The native build compiles llama.cpp's AMX matrix kernels when the CPU advertises AMX. In build
+# 11434 they crash the server at its first decode (SIGSEGV in ggml_backend_amx_mul_mat, a Q4_K
+# model) on a Xeon with AMX in a Firecracker VM, although the kernel grants the tile permission.
+# Explicit -mno-* flags win over -march=native whatever their order, so the AVX-512 kernels are
+# used instead; a user who wants AMX passes extra_cmake_args.
+_AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def _no_amx_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        return []
+    if "amx_int8" not in flags.split():
+        return []
+    return [f"-DCMAKE_C_FLAGS={_AMX_OFF}", f"-DCMAKE_CXX_FLAGS={_AMX_OFF}"]
+
+
 def plan_build(source: str | None = None, *, backend: str = "auto",
                cuda_architectures: str | None = None, extra_cmake_args: list[str] = (),
                jobs: int | None = None, nvml=None) -> BuildPlan:
@@ -310,6 +329,7 @@ def plan_build(source: str | None = None, *, backend: str = "auto",
         nvcc = find_nvcc()
         if nvcc and not shutil.which("nvcc"):  # CMake only searches PATH by itself
             args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    args += _no_amx_flags()
     install = engines_dir() / name
     return BuildPlan(source_dir=str(src), build_dir=str(install / "build"),
                      install_dir=str(install), backend=chosen, cuda_architectures=archs,

@@ -106,6 +106,9 @@ def visible_to(inventory: Inventory, visible: list[int] | None) -> Inventory:
 
 class ProfileEstimate(BaseModel):
     profile: str
+    draft: bool = Field(default=False, description="true when the estimate is of unsaved settings (model and/or "
+                                                   "values given): nothing was written to models.conf")
+    changes: dict[str, str] = Field(default_factory=dict, description="the draft's settings on top of the profile")
     model: str
     inventory: Inventory
     argv: list[str]
@@ -119,11 +122,25 @@ class ProfileEstimate(BaseModel):
         default=None, description="llama-fit-params --fit-print: MiB per device (model, context, compute)")
 
 
-def estimate_fit(config: Config, profile: str, gpus: str | None = None, *, oracle: bool = False,
-                 replay_fit: bool = True) -> ProfileEstimate:
-    """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs."""
+def estimate_fit(config: Config, profile: str | None = None, gpus: str | None = None, *, oracle: bool = False,
+                 replay_fit: bool = True, model: str | None = None, values: dict[str, str] | None = None,
+                 agent: bool = False) -> ProfileEstimate:
+    """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs.
+
+    With ``model`` and/or ``values`` it estimates a draft instead (see
+    :func:`~mcp_server.profiles.edits.draft_profile`): a model file before its profile exists, or an
+    existing profile with changed settings, without writing anything."""
+    from mcp_server.profiles.edits import draft_profile
+
+    changes = {**(values or {}), **({"MODEL": model} if model is not None else {})}
+    if profile is None or changes or profile not in config.profiles:
+        # An unknown id without a model is refused there, with the hint to give the file.
+        config, profile, draft = draft_profile(config, profile, dict(values or {}), model=model, agent=agent)
+    else:
+        draft = False
     spec = launch_spec(config.profile(profile), config)
     info = read_layout(spec.model_path)
+    require_complete(info, config.profile(profile).model or spec.model_path)
     inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
     settings = settings_from_argv(spec.argv)
     names = [g.name for g in inventory.gpus]
@@ -136,7 +153,8 @@ def estimate_fit(config: Config, profile: str, gpus: str | None = None, *, oracl
     if fit_outcome is not None:  # the replay already answered what fit does
         result.notes = [n for n in result.notes if not n.startswith("fit is on")]
     measured = calibration.latest(calibration.key_for(info, spec.argv, names))
-    return ProfileEstimate(profile=profile, model=spec.model_path, inventory=inventory, argv=spec.argv,
+    return ProfileEstimate(profile=profile, draft=draft, changes=changes if draft else {}, model=spec.model_path,
+                           inventory=inventory, argv=spec.argv,
                            estimate=result, fit=fit_outcome,
                            overhead_mib=overhead if overhead is not None else default_overhead(info),
                            overhead_source=source,
@@ -212,47 +230,67 @@ def calibrate(config: Config, profile: str, note: str | None = None) -> calibrat
 class PlanResult(BaseModel):
     plan: Plan
     inventory: Inventory
-    edit: EditResult | None = Field(default=None, description="the profile edit, when asked to write it")
+    edit: EditResult | None = Field(default=None, description="the profile edit (apply_placement only)")
 
 
 def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | None = None, *,
                    kv_type: str = "f16", slots: int = 1, ubatch: int = 512,
-                   reserve_mib: float = DEFAULT_RESERVE_MIB, write_profile: str | None = None,
-                   set_model: bool = False, dry_run: bool = False, agent: bool = True) -> PlanResult:
-    """Plan placement for a model file; with ``write_profile``, write the settings into that profile.
+                   reserve_mib: float = DEFAULT_RESERVE_MIB, agent: bool = True) -> PlanResult:
+    """Choose placement settings for a model file. Reads only; :func:`apply_placement` writes them.
 
     ``model`` is found as :func:`~mcp_server.model_files.local.model_file` finds it (agents: only
-    under MODELS_DIR). Writing into a profile whose MODEL is another file is refused, since the
-    settings were sized for this one, unless ``set_model`` asks to point MODEL at it in the same edit.
-    """
+    under MODELS_DIR)."""
     from mcp_server.model_files.local import model_file
 
-    path = model_file(config, model, agent=agent)
-    if write_profile is not None:
-        if config is None:
-            raise ValidationError("write_profile", write_profile, "needs a models.conf (--config)")
-        _check_plan_target(config, write_profile, path, set_model)
+    return _plan(model_file(config, model, agent=agent), model, ctx, gpus, kv_type, slots, ubatch, reserve_mib)
+
+
+def _plan(path: Path, name: str, ctx: int, gpus: str | None, kv_type: str, slots: int, ubatch: int,
+          reserve_mib: float) -> PlanResult:
     info = read_layout(path)
-    require_complete(info, model)  # a plan for a half-downloaded file would only fail at start
+    require_complete(info, name)  # a plan for a half-downloaded file would only fail at start
     inventory = gpu_inventory(gpus)
     overhead, _ = inventory.overhead()
     result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots,
                               ubatch=ubatch, reserve_mib=reserve_mib, overhead_mib=overhead,
                               host_free_mib=_host_available_mib())
-    edit = None
-    if config is not None and write_profile is not None:
-        edit = write_plan(config, write_profile, result, dry_run=dry_run,
-                          model=_model_value(config, path) if set_model else None)
-    return PlanResult(plan=result, inventory=inventory, edit=edit)
+    return PlanResult(plan=result, inventory=inventory)
 
 
-def _check_plan_target(config: Config, profile: str, planned: Path, set_model: bool) -> None:
-    current = config.model_path(config.profile(profile))
-    if set_model or (current is not None and current.resolve() == planned.resolve()):
-        return
-    raise ValidationError("write_profile", profile, f"its MODEL is {config.profile(profile).model or '(none)'}, not "
-                          f"{planned.name}: the plan is sized for {planned.name}. Plan that profile's own file, or "
-                          "ask to set MODEL too (set_model / --set-model; the diff shows it)")
+def apply_placement(config: Config, profile: str, model: str | None = None, ctx: int | None = None,
+                    gpus: str | None = None, *, kv_type: str | None = None, slots: int | None = None,
+                    ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB, dry_run: bool = False,
+                    agent: bool = True) -> PlanResult:
+    """Plan placement for ``profile``'s model file and write the settings into it, in one edit.
+
+    What is not given comes from the profile as it is: its MODEL, CTX_SIZE (0: the training
+    context), KV_CACHE_TYPE_K and PARALLEL, so applying a plan changes placement and nothing the
+    user chose. A ``model`` other than the profile's points MODEL at it in the same edit (the diff
+    shows it); placement keys that would contradict the plan are removed."""
+    from mcp_server.model_files.local import model_file
+
+    current = config.profile(profile)
+    name = model if model is not None else current.model
+    if not name:
+        raise ValidationError("model", "", f"[{profile}] has no MODEL; give the model file to plan")
+    path = model_file(config, name, agent=agent) if model is not None else config.model_path(current)
+    if path is None:
+        raise ValidationError("model", name, f"[{profile}]'s MODEL cannot be found; give the model file to plan")
+    planned = _plan(path, name, ctx if ctx is not None else _int(current.get("CTX_SIZE"), 0), gpus,
+                    kv_type or current.get("KV_CACHE_TYPE_K") or "f16",
+                    slots if slots is not None else _int(current.get("PARALLEL"), 1), ubatch, reserve_mib)
+    existing = config.model_path(current)
+    moves = existing is None or existing.resolve() != path.resolve()
+    planned.edit = write_plan(config, profile, planned.plan, dry_run=dry_run,
+                              model=_model_value(config, path) if moves else None, agent=agent)
+    return planned
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
 
 
 def _model_value(config: Config, path: Path) -> str:
@@ -263,14 +301,14 @@ def _model_value(config: Config, path: Path) -> str:
 
 
 def write_plan(config: Config, profile: str, result: Plan, dry_run: bool = False,
-               model: str | None = None) -> EditResult:
+               model: str | None = None, agent: bool = False) -> EditResult:
     """Set the plan's keys in ``profile`` (and MODEL, when given) and remove placement keys that would
     contradict it, in one edit."""
     section = config.document.section(config.profile(profile).id)
     present = {e.key for e in section.entries} if section is not None else set()
     values = {**({"MODEL": model} if model is not None else {}), **result.settings}
     return update_profile(config, profile, set=values, unset=[k for k in result.unset if k in present],
-                          dry_run=dry_run)
+                          dry_run=dry_run, agent=agent)
 
 
 def _host_available_mib() -> float | None:
@@ -282,5 +320,5 @@ def _host_available_mib() -> float | None:
         return None
 
 
-__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "estimate_fit",
+__all__ = ["Inventory", "PlanResult", "ProfileEstimate", "apply_placement", "estimate_fit",
            "fit_params_oracle", "gpu_inventory", "parse_gpu_sizes", "plan_placement", "write_plan"]

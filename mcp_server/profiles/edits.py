@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from pydantic import BaseModel
 
 from mcp_server import paths
-from mcp_server.errors import ValidationError
+from mcp_server.errors import ProfileNotFound, ValidationError
 from mcp_server.profiles.conffile import HEADER_RE, KEY_RE, ConfDocument, edit_lock, fingerprint_of, unified_diff
 from mcp_server.profiles.config import (GLOBAL_SECTION, KEYS, Config, check_agent_edit, check_not_a_flag,
                                         check_profile_id, config_from_document, load_config, validate_value)
@@ -196,6 +196,46 @@ def _create(config: Config, profile_id: str, values: dict[str, str], comments: l
         doc.add_section(profile_id, list(values.items()), comments=list(comments or []))
 
     return _apply(config, profile_id, mutate, dry_run)
+
+
+DRAFT_ID = "draft"
+
+
+def draft_profile(config: Config, profile_id: str | None, values: dict[str, str], model: str | None = None,
+                  agent: bool = False) -> tuple[Config, str, bool]:
+    """A Config in memory with a profile as it would be after an edit: nothing is written.
+
+    Lets the memory tools answer "what would this use?" before a profile exists or before a change
+    is made. An existing ``profile_id`` gets ``values`` (and MODEL=``model``) on top of its own; a new
+    id (or none: ``draft``) becomes a section with MODEL=``model`` and ``values``, inheriting [global]
+    like any profile. Every value passes the same checks as create_profile / update_profile.
+    Returns (config, profile id, whether it is a draft that differs from the file)."""
+    changes = {**values, **({"MODEL": model} if model is not None else {})}
+    profile_id = profile_id or DRAFT_ID
+    exists = profile_id in config.profiles
+    if not exists:
+        check_profile_id(profile_id)
+        if "MODEL" not in changes:
+            raise ProfileNotFound(profile_id, list(config.profiles), "To size a model file before its profile "
+                                  "exists, give the model file (model / --model) too.")
+    where = f"[{profile_id}]"
+    for key, value in changes.items():
+        _check_key(key)
+        if KEYS.get(key) and KEYS[key].scope == "host":
+            raise ValidationError(key, value, "is a host setting; a profile draft takes profile keys only", where)
+        validate_value(key, value, where)
+        check_not_a_flag(key, value, where)
+        if agent:
+            check_agent_edit(config, key, value, where)
+    if not changes:
+        return config, profile_id, False
+    document = config.document.copy()
+    if exists:
+        for key, value in changes.items():
+            document.set(profile_id, key, value)
+    else:
+        document.add_section(profile_id, list(changes.items()))
+    return config_from_document(document, config.path), profile_id, True
 
 
 def retire_profile(config: Config, profile_id: str, note: str | None = None, dry_run: bool = False) -> EditResult:

@@ -18,6 +18,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
+from pydantic import ValidationError as PydanticValidationError
 
 from mcp_server.errors import LlamaPilotError, storage_errors
 from mcp_server.profiles.config import KV_CACHE_TYPES, PROFILE_ID_PATTERN
@@ -26,6 +27,9 @@ T = TypeVar("T")
 
 # --- argument types ------------------------------------------------------------------------------
 
+# An optional argument carries its description on the outside (``Annotated[X | None, Field(description=...)]``):
+# inside, it would sit in one branch of the schema's anyOf, where clients do not show it.
+ProfileIdStr = Annotated[str, Field(pattern=PROFILE_ID_PATTERN)]
 ProfileId = Annotated[str, Field(pattern=PROFILE_ID_PATTERN, description="profile id: a [section] of models.conf")]
 ProfileOrGlobal = Annotated[str, Field(pattern=PROFILE_ID_PATTERN,
                                        description="profile id, or 'global' for defaults every profile inherits")]
@@ -34,20 +38,25 @@ KeyValue = Annotated[str, Field(max_length=4000, description="the value as writt
 ModelFilePath = Annotated[str, Field(min_length=1, max_length=1000,
                                      description="a .gguf model file relative to the models directory (MODELS_DIR), "
                                                  "as list_model_files shows it, e.g. Qwen3/Qwen3-8B-Q6_K.gguf")]
-LoadTimeout = Annotated[float | None, Field(gt=0, le=86400, description="seconds to wait for the model to load; "
-                                                                        "default grows with the model's size")]
+LoadTimeout = Annotated[float | None, Field(gt=0, le=86400, description="seconds to wait for the model to load "
+                                                                        "(above 0); default grows with the model's "
+                                                                        "size")]
 GpuSizes = Annotated[str | None, Field(
     pattern=r"^[0-9A-Za-z., ]{0,80}$",
     description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
                 "omit to use the free memory of the GPUs NVML sees now")]
 KvCacheType = Annotated[str, Field(pattern="^(" + "|".join(KV_CACHE_TYPES) + ")$", description="KV cache type")]
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,160}$", description="a job id from run_benchmark")]
-RunId = Annotated[str, Field(pattern=r"^(latest|evalplus-[0-9]{8}-[0-9]{6}(-[0-9]+)?)$",
-                             description="'latest' (newest unfinished run) or a run id such as "
-                                         "evalplus-20260101-120000")]
-TaskList = Annotated[str, Field(pattern=r"^[A-Za-z0-9/,\- ]{1,400}$",
-                                description="problem ids or numbers, ranges allowed: '0-9,17,HumanEval/42'")]
-Note = Annotated[str | None, Field(max_length=300)]
+RUN_ID_PATTERN = r"^(latest|evalplus-[0-9]{8}-[0-9]{6}(-[0-9]+)?)$"
+RUN_ID_HELP = ("evalplus: continue an interrupted run: 'latest' (the newest unfinished one) or a run id such as "
+               "evalplus-20260101-120000 (bench_results lists them)")
+TASK_LIST_PATTERN = r"^[A-Za-z0-9/,\- ]{1,400}$"
+TASK_LIST_HELP = "evalplus: only these problems, by id or number, ranges allowed: '0-9,17,HumanEval/42'"
+Note = Annotated[str | None, Field(max_length=300, description="one line kept with the record (why, what changed)")]
+DryRun = Annotated[bool, Field(description="true: compute and return the diff, write nothing")]
+Slots = Annotated[int, Field(ge=1, le=64, description="parallel requests (llama-server slots), each with its "
+                                                      "own KV cache")]
+ReserveMib = Annotated[float, Field(ge=0, le=16384, description="MiB kept free per GPU beyond the estimate")]
 
 # --- annotations (hints for the client; the core enforces every rule itself) ---------------------
 
@@ -70,6 +79,8 @@ EDITS = _hints(read_only=False, destructive=False, idempotent=False)
 OVERWRITES = _hints(read_only=False, destructive=True, idempotent=True)
 # retire_profile takes a profile out of use (commented out, not deleted); a second call finds none.
 RETIRES = _hints(read_only=False, destructive=True, idempotent=False)
+# Moving a model card keeps its text and never replaces another; a second call finds nothing to move.
+MOVES = _hints(read_only=False, destructive=False, idempotent=False)
 # calibrate appends a measurement; nothing is overwritten.
 RECORDS = _hints(read_only=False, destructive=False, idempotent=False)
 # A build adds an engine to llama-pilot's cache and removes nothing; an identical build is reused.
@@ -119,7 +130,9 @@ def config_or_none(config_path: str | Path | None):  # type: ignore[no-untyped-d
 def forbid_unknown_arguments(mcp: MCPServer) -> None:
     """Every tool refuses arguments it does not take: a misspelt ``dry_run`` must not turn a preview into a
     write, and an agent should learn its mistake, not have it ignored. The schema says so
-    (``additionalProperties: false``) and validation enforces it (``extra="forbid"``).
+    (``additionalProperties: false``) and validation enforces it (``extra="forbid"``). A rejected
+    argument is reported in the tool's own terms (:class:`ArgumentError`), without pydantic's model
+    names and links.
 
     The SDK builds each tool's argument model from its signature and offers no switch for this, so the
     models are swapped after registration; ``tests/test_mcp_tools.py`` checks it still holds."""
@@ -127,10 +140,47 @@ def forbid_unknown_arguments(mcp: MCPServer) -> None:
 
     for tool in mcp._tool_manager.list_tools():
         base = tool.fn_metadata.arg_model
+        names = sorted(tool.parameters.get("properties", {}))
         strict = type(base.__name__, (base,), {"model_config": ConfigDict(**base.model_config, extra="forbid"),
-                                               "__module__": base.__module__})
+                                               "__module__": base.__module__,
+                                               "model_validate": _reporting(tool.name, names)})
         tool.fn_metadata.arg_model = strict
         tool.parameters = {**tool.parameters, "additionalProperties": False}
+
+
+def _reporting(tool: str, names: list[str]):  # type: ignore[no-untyped-def]
+    @classmethod  # type: ignore[misc]
+    def model_validate(cls, obj, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super(cls, cls).model_validate(obj, *args, **kwargs)
+        except PydanticValidationError as exc:
+            raise ArgumentError.from_exception_data(f"{tool} arguments", exc.errors(),
+                                                    hide_input=False) from None
+
+    ArgumentError.parameters[tool] = names
+    return model_validate
+
+
+class ArgumentError(PydanticValidationError):
+    """A tool's arguments did not validate, told as ``invalid-argument: PARAM: what is wrong (got X)``,
+    with the tool's parameters named when one was unknown. The SDK prefixes the tool's name."""
+
+    parameters: dict[str, list[str]] = {}
+
+    def __str__(self) -> str:
+        tool = self.title.removesuffix(" arguments")
+        known = self.parameters.get(tool, [])
+        parts = []
+        for err in self.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+            if err["type"] == "extra_forbidden":
+                parts.append(f"{where}: not a parameter of {tool} (its parameters: {', '.join(known) or 'none'})")
+            elif err["type"] == "missing":
+                parts.append(f"{where}: required")
+            else:
+                got = repr(err.get("input"))
+                parts.append(f"{where}: {err['msg']} (got {got[:80] + '...' if len(got) > 80 else got})")
+        return "invalid-argument: " + "; ".join(parts) + ". The tool's input schema describes each parameter."
 
 
 # --- progress ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ class BuildCancelled(LlamaPilotError):
 def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=READ_ONLY)
     async def gpu_stats() -> GpuReport:
-        """Every NVIDIA GPU: NVML index (nvidia-smi's) and CUDA index (llama.cpp's CUDA<n>), name, compute capability, memory total/used/free in MiB, GPU and memory utilisation, temperature, power and limit, clocks, fan; each process on it with its memory and the llama-pilot instance (profile) that owns it. Without a driver or GPU: gpus is empty and reason says why."""
+        """The GPUs now (for the host's CPU and RAM use system_stats): every NVIDIA GPU: NVML index (nvidia-smi's) and CUDA index (llama.cpp's CUDA<n>), name, compute capability, memory total/used/free in MiB, GPU and memory utilisation, temperature, power and limit, clocks, fan; each process on it with its memory and the llama-pilot instance (profile) that owns it. Without a driver or GPU: gpus is empty and reason says why."""
         from mcp_server.monitoring.gpu import gpu_stats as core
 
         return await in_thread(core)
@@ -43,11 +43,13 @@ def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=BUILDS)
     async def build_engine(
         ctx: Context,
-        backend: Literal["auto", "cpu", "cuda"] = "auto",
+        backend: Annotated[Literal["auto", "cpu", "cuda"], Field(
+            description="'cuda' for NVIDIA GPUs, 'cpu' for none; 'auto' picks cuda when a GPU and nvcc are "
+                        "found")] = "auto",
         cuda_arch: Annotated[str | None, Field(pattern=r"^[0-9]{2,3}[a-z]?(;[0-9]{2,3}[a-z]?)*$",
                                                description="CUDA architectures such as '89;120' "
                                                            "(default: the GPUs present)")] = None,
-        force: bool = False,
+        force: Annotated[bool, Field(description="rebuild even when the same build exists")] = False,
     ) -> EngineInfo:
         """Build llama-server (and llama-bench, llama-fit-params, ggml-rpc-server) from llama-pilot's pinned llama.cpp release into its cache: download, extract, configure, compile, install, with progress. Takes about 15 minutes on two CPU cores (longer with CUDA); returns at once when the same build already exists (force=True rebuilds). Only needed when status/diagnose report no engine. Cancelling kills the compiler; a failed build names the step and keeps its log."""
         from mcp_server.engine import binary as core

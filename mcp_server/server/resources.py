@@ -35,8 +35,10 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
                      description=_first_heading(doc))(_reader(doc))
 
     def cards_dir() -> Path | None:
+        from mcp_server.model_files.cards import cards_dir as of
+
         config = config_or_none(config_path)
-        return Path(config.host.models_dir) / "documentation" if config else None
+        return of(config) if config else None
 
     cards = cards_dir()
     for card in sorted(cards.rglob("*.md")) if cards and cards.is_dir() else []:

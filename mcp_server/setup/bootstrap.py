@@ -166,12 +166,10 @@ def demo(config_path: str | Path | None = None, profile_id: str = DEMO_PROFILE,
          timeout_s: float = 120.0) -> DemoResult:
     """Start the profile through the runtime, ask one question, stop it; returns timings.
 
-    A model with a chat template gets a chat request. A base model has none, and llama-server's
-    fallback template would make it continue a transcript full of role tokens, so it is asked the way
-    a base model is used: a plain completion of "Q: <question>\nA:", stopped at the end of the answer.
+    The question is asked as :func:`~mcp_server.checks.completion.ask` asks it: chat for a model
+    with a chat template, a plain "Q: ...\nA:" completion for a base model (the demo's is one).
     """
-    from mcp_server.model_files.reader import read_metadata
-    from mcp_server.runtime.server_api import chat, post_json
+    from mcp_server.checks.completion import ask, has_chat_template
     from mcp_server.profiles.config import load_config
     from mcp_server.runtime.lifecycle import Runtime
 
@@ -181,32 +179,21 @@ def demo(config_path: str | Path | None = None, profile_id: str = DEMO_PROFILE,
     model_path = config.model_path(profile)
     if model_path is None or not model_path.is_file():
         raise DemoModelError(f"model file {model_path} is missing; run `llama-pilot setup` first")
-    try:
-        has_template = "tokenizer.chat_template" in read_metadata(model_path)
-    except (OSError, ValueError):
-        has_template = True  # let the server decide, as any chat client would
     runtime = Runtime(config)
     progress(f"starting {profile.name}")
     view = runtime.start_model(profile_id, timeout_s=timeout_s)
     try:
         progress(f"ready after {view.load_seconds:.1f} s on port {view.port}; asking: {prompt}")
         t_ask = time.monotonic()
-        if has_template:
-            sent = prompt
-            reply = chat(view.url, prompt, max_tokens=96)
-            answer = (reply.get("choices") or [{}])[0].get("message", {}).get("content") or ""
-        else:
-            sent = f"Q: {prompt}\nA:"
-            reply = post_json(f"{view.url}/completion",
-                              {"prompt": sent, "n_predict": 96, "stop": ["\nQ:", "\n\n"], "temperature": 0.2})
-            answer = reply.get("content") or ""
+        answer = ask(view.url, prompt, chat_template=has_chat_template(model_path), max_tokens=96)
         answer_s = time.monotonic() - t_ask
     finally:
         runtime.stop_model(view.id)
+    reply = answer.reply
     timings = reply.get("timings") or {}
     argv = next((r.argv for r in runtime.registry.all() if r.id == view.id), [])
-    return DemoResult(profile=profile_id, argv=argv, prompt=prompt, mode="chat" if has_template else "completion",
-                      sent=sent, answer=answer.strip(),
+    return DemoResult(profile=profile_id, argv=argv, prompt=prompt, mode=answer.mode, sent=answer.sent,
+                      answer=answer.text.strip(),
                       ready_s=round(view.load_seconds or 0.0, 2), answer_s=round(answer_s, 2),
                       total_s=round(time.monotonic() - t0, 2),
                       prompt_tokens_per_s=timings.get("prompt_per_second"),
