@@ -46,7 +46,7 @@ from mcp_server.bench.clientconf import ClientSettings, client_settings
 from mcp_server.bench.dataset import DatasetInfo, evalplus_cache_home, load_problems, locate_dataset, select, write_subset
 from mcp_server.bench.manifest import load_avg, server_manifest
 from mcp_server.bench.postprocess import postprocess
-from mcp_server.bench.serving import Serving
+from mcp_server.bench.serving import OnInstance, Serving
 
 DEFAULT_CTX_PER_SLOT = 10240
 INSTRUCTION = ("Please provide a self-contained Python script that solves the following problem in a "
@@ -448,8 +448,9 @@ def run_evalplus(config: Config, profile_id: str, *, dataset: str | os.PathLike[
                  eval_parallel: int | None = None, eval_timeout_s: float | None = None,
                  min_time_limit: float = 1.0, gt_time_limit_factor: float = 4.0,
                  progress: Progress | None = None, cancel: threading.Event | None = None,
-                 say=lambda _m: None) -> EvalplusRun:  # type: ignore[no-untyped-def]
-    """Run (or resume) HumanEval+ on a bench profile; see the module docstring."""
+                 say=lambda _m: None, on_instance: OnInstance | None = None) -> EvalplusRun:  # type: ignore[no-untyped-def]
+    """Run (or resume) HumanEval+ on a bench profile; see the module docstring. ``on_instance`` hears
+    which llama-server instance serves the run (see serving.Serving)."""
     try:
         import evalplus  # noqa: F401
     except ImportError:
@@ -509,7 +510,7 @@ def run_evalplus(config: Config, profile_id: str, *, dataset: str | os.PathLike[
     try:
         if pending:
             with Serving(config, bench_id, keep_running=keep_running, switch=switch, timeout_s=start_timeout_s,
-                         say=say) as srv:
+                         say=say, on_instance=on_instance) as srv:
                 record = srv.record
                 assert record is not None
                 used_concurrency = max(1, concurrency or srv.slots)

@@ -7,6 +7,12 @@ progress (problems done / total) and the result. ``get_job`` reads the file (and
 that died without reporting); ``cancel_job`` sends SIGTERM to the runner's process group: the
 runner stops, marks the job ``cancelled`` and the benchmark run stays resumable.
 
+The runner records in the job file which llama-server instance serves the benchmark, and whether
+the job started it, as soon as it knows (for a start: right after the launch, before the model has
+loaded). A runner that ends normally stops what it started itself. One killed first (SIGKILL after
+cancel_job's timeout) cannot, so cancel_job stops it afterwards: only that instance, never a model
+that was running before the job. ``still_running`` says what of the job's model still runs.
+
 Only one benchmark job runs at a time (two would measure each other); a second is refused.
 """
 
@@ -62,6 +68,16 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     error: str | None = None
     log_path: str
+    serving_profile: str | None = Field(default=None, description=(
+        "the profile whose llama-server the benchmark uses (EvalPlus: the bench- twin); None until known"))
+    serving_instance: str | None = Field(default=None, description=(
+        "that llama-server's instance id (as in status), recorded as soon as it is known"))
+    started_instance: str | None = Field(default=None, description=(
+        "the instance id when this job started the model itself (then the job, or cancel_job, stops it); "
+        "None when the model was already running before the job, which the job never stops"))
+    still_running: list[str] = Field(default_factory=list, description=(
+        "profiles of the job's llama-server still running when the job ended or was cancelled; empty when "
+        "nothing is left; a model that ran before the job is listed here and left running"))
 
 
 def jobs_dir() -> Path:
@@ -123,9 +139,57 @@ def _reconcile(job: Job) -> Job:
             fresh.ended_at = now_iso()
             fresh.error = fresh.error or (f"the job's process (pid {_pid_of(job)}) ended without reporting; "
                                           f"see {job.log_path}")
+            # The runner's own cleanup did not run. get_job and list_jobs only read (a read-only
+            # tool must not stop models), so this says what is left and how to stop it.
+            live = _check_serving(fresh)
+            if fresh.started_instance and fresh.started_instance in live:
+                fresh.error += (f"; the model it started, {fresh.serving_profile} (instance {fresh.started_instance}), "
+                                f"is still running: cancel_job {fresh.id} stops it")
             _save(fresh)
         return fresh
     return job
+
+
+def _check_serving(job: Job) -> set[str]:
+    """Set ``job.still_running`` from what runs now; returns the job's instance ids that are live.
+
+    Only the job's own serving instance counts: whatever else runs is not the job's business."""
+    from mcp_server.profiles.config import load_config
+    from mcp_server.runtime.lifecycle import Runtime
+    from mcp_server.runtime.registry import LIVE as INSTANCE_LIVE
+
+    if not job.serving_instance:
+        job.still_running = []
+        return set()
+    try:
+        views = Runtime(load_config(job.config_path)).status().instances
+    except LlamaPilotError as exc:  # e.g. models.conf unreadable now: say so, keep the last answer
+        job.messages = [*job.messages[-19:], f"could not check whether {job.serving_profile} still runs: {exc}"]
+        return set()
+    live = {v.id for v in views if v.id == job.serving_instance and v.status in INSTANCE_LIVE}
+    job.still_running = [job.serving_profile or job.profile] if live else []
+    return live
+
+
+def _stop_started(job: Job) -> None:
+    """Stop the instance the job started itself, if it still runs (its runner is gone), then set
+    ``still_running``. A model the job did not start is never stopped."""
+    from mcp_server.profiles.config import load_config
+    from mcp_server.runtime.lifecycle import NotRunning, Runtime
+
+    live = _check_serving(job)
+    target = job.started_instance
+    if not target or target not in live:
+        return
+    try:
+        Runtime(load_config(job.config_path)).stop_model(target, grace_s=5)
+        note = f"stopped {job.serving_profile} (instance {target}), which this job started"
+    except NotRunning:
+        note = f"{job.serving_profile} (instance {target}) had ended meanwhile"
+    except LlamaPilotError as exc:
+        note = f"could not stop {job.serving_profile} (instance {target}): {exc}"
+    job.messages = [*job.messages[-19:], note]
+    _check_serving(job)
 
 
 def get_job(job_id: str) -> Job:
@@ -213,29 +277,45 @@ def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str
 
 
 def cancel_job(job_id: str, timeout_s: float = 20.0) -> Job:
-    """SIGTERM to the job's process group; SIGKILL if it has not ended after ``timeout_s``."""
+    """SIGTERM to the job's process group; SIGKILL if it has not ended after ``timeout_s``. Once the
+    runner is gone, the model the job started itself is stopped if it still runs (a killed runner
+    never got to its own cleanup); ``still_running`` of the answer says what of the job's model is
+    left (a model that ran before the job is left running, and listed).
+
+    On a job that has already ended this only does that cleanup: e.g. one whose runner died."""
     job = get_job(job_id)
     pid = _pid_of(job)
-    if job.status not in LIVE or not pid:
-        return job
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except OSError:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(job):
-        time.sleep(0.2)
-    if _alive(job):
+    killed = False
+    if job.status in LIVE and pid:
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGTERM)
         except OSError:
             pass
-        time.sleep(0.2)
-    job = _load(job_id)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _alive(job):
+            time.sleep(0.2)
+        if _alive(job):
+            killed = True
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            # The cleanup below must not race a runner still stopping the same model: wait until
+            # it is really gone (SIGKILL cannot be caught; this is the kernel's delay only).
+            gone = time.monotonic() + 10.0
+            while time.monotonic() < gone and _alive(job):
+                time.sleep(0.05)
+    before = _load(job_id)
+    job = before.model_copy(deep=True)
     if job.status in LIVE:
         job.status = "cancelled"
         job.ended_at = now_iso()
         job.error = job.error or "cancelled"
+    if killed:
+        job.messages = [*job.messages[-19:], f"the runner did not end within {timeout_s:g} s of SIGTERM: "
+                                             f"killed it (SIGKILL), so its own cleanup did not run"]
+    _stop_started(job)
+    if job != before:  # an ended job with nothing to clean keeps its file (and list order) untouched
         _save(job)
     return job
 
@@ -269,6 +349,13 @@ class _Runner:
         self.job.messages = [*self.job.messages[-19:], message]
         self.save(force=True)
 
+    def instance(self, profile_id: str, instance_id: str, started: bool) -> None:
+        """Serving's on_instance: written at once, so that cancel_job knows what to stop should this
+        process be killed before its own cleanup (and what not to: a model it did not start)."""
+        self.job.serving_profile, self.job.serving_instance = profile_id, instance_id
+        self.job.started_instance = instance_id if started else None
+        self.save(force=True)
+
     def run(self) -> None:
         from mcp_server.profiles.config import load_config
 
@@ -288,7 +375,7 @@ class _Runner:
                 from mcp_server.bench.evalplus_run import run_evalplus
 
                 run = run_evalplus(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
-                                   **params)
+                                   on_instance=self.instance, **params)
                 job.result = {"run_id": run.run_id, "run_dir": run.run_dir, "profile": run.profile,
                               "problems": run.problems, "generated_now": run.generated_now,
                               "scores": run.scores.model_dump() if run.scores else None,
@@ -297,7 +384,7 @@ class _Runner:
                 from mcp_server.bench.speed import run_speed
 
                 speed = run_speed(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
-                                  **params)
+                                  on_instance=self.instance, **params)
                 job.result = {"run_id": speed.run_id, "run_dir": speed.run_dir, "profile": speed.profile,
                               "generation_tps": speed.generation_tps, "prompt_tps": speed.prompt_tps,
                               "speed_label": speed.speed_label,
@@ -313,6 +400,10 @@ class _Runner:
             import traceback
 
             traceback.print_exc()
+        try:
+            _check_serving(job)  # Serving has stopped what it started; say what of the job's model runs on
+        except BaseException as exc:  # the job's end must be written, whatever this check met
+            job.messages = [*job.messages[-19:], f"could not check what still runs: {type(exc).__name__}: {exc}"]
         job.ended_at = now_iso()
         if job.status == "cancelled" and self.job.progress.message:
             job.progress.message = f"cancelled at {job.progress.done}/{job.progress.total}"

@@ -30,7 +30,7 @@ from mcp_server.profiles.config import Config, load_config
 from mcp_server.profiles import edits
 from mcp_server.bench import BenchCancelled, BenchError, Progress, new_run_dir, now_iso, results_root, write_json
 from mcp_server.bench.manifest import server_manifest
-from mcp_server.bench.serving import Serving
+from mcp_server.bench.serving import OnInstance, Serving
 
 DEFAULT_PROMPT_TOKENS = (512, 4096)
 DEFAULT_GEN_TOKENS = (128,)
@@ -202,8 +202,9 @@ def run_speed(config: Config, profile_id: str, *, prompt_tokens: tuple[int, ...]
               concurrency_gen: int | None = None, results: str | Path | None = None, update_profile: bool = False,
               keep_running: bool = False, switch: bool = False, timeout_s: float | None = None,
               progress: Progress | None = None, cancel: threading.Event | None = None,
-              say=lambda _m: None) -> SpeedRun:  # type: ignore[no-untyped-def]
-    """Measure a profile's speed; starts it if needed (and stops it after, unless it was running)."""
+              say=lambda _m: None, on_instance: OnInstance | None = None) -> SpeedRun:  # type: ignore[no-untyped-def]
+    """Measure a profile's speed; starts it if needed (and stops it after, unless it was running).
+    ``on_instance`` hears which llama-server instance serves it (see serving.Serving)."""
     if reps < 1:
         raise BenchError("reps must be at least 1")
     prompt_tokens = sorted({int(p) for p in prompt_tokens})
@@ -212,7 +213,8 @@ def run_speed(config: Config, profile_id: str, *, prompt_tokens: tuple[int, ...]
         raise BenchError("prompt and generation lengths must be positive whole numbers")
     root = results_root(results)
     started_at = now_iso()
-    with Serving(config, profile_id, keep_running=keep_running, switch=switch, timeout_s=timeout_s, say=say) as srv:
+    with Serving(config, profile_id, keep_running=keep_running, switch=switch, timeout_s=timeout_s, say=say,
+                 on_instance=on_instance) as srv:
         record = srv.record
         assert record is not None
         run_dir = new_run_dir(root, profile_id, "speed")
