@@ -64,7 +64,7 @@ def test_create_bench_profile_writes_a_valid_section(write_conf):
 
 def test_missing_bench_profile_is_created_only_on_request(write_conf):
     path = write_conf(CONF)
-    with pytest.raises(BenchError, match="bench profile qwen"):
+    with pytest.raises(BenchError, match=r"create_bench_profile\(profile=.qwen.\)"):
         resolve_bench_profile(load_config(path), "qwen")
     config, bench_id, edit = resolve_bench_profile(load_config(path), "qwen", create=True)
     assert bench_id == "bench-qwen" and edit is not None and "bench-qwen" in config.profiles

@@ -125,10 +125,15 @@ def create_bench_profile(config: Config, profile_id: str, *, ctx_per_slot: int =
     production = config.profile(profile_id)
     values = bench_profile_values(production, ctx_per_slot=ctx_per_slot, parallel=parallel)
     slots = int(values["PARALLEL"])
-    comments = [f"Benchmark twin of [{profile_id}], made by `llama-pilot bench profile {profile_id}`:",
+    comments = [f"Benchmark twin of [{profile_id}], made by create_bench_profile:",
                 f"{ctx_per_slot} tokens of context per slot x {slots} slot(s), no server-side samplers (the client",
                 "sends temperature 0), reasoning left in the content for the post-processor."]
     return create_profile(config, bench_id_for(profile_id), values, comments=comments, dry_run=dry_run)
+
+
+def _no_twin(target: str, profile_id: str) -> str:
+    return (f"{target} does not exist. Create it first with create_bench_profile(profile={profile_id!r}) "
+            f"(CLI: create-bench-profile {profile_id}), or give an existing bench- profile.")
 
 
 def resolve_bench_profile(config: Config, profile_id: str, *, create: bool = False,
@@ -141,9 +146,7 @@ def resolve_bench_profile(config: Config, profile_id: str, *, create: bool = Fal
         config.profile(profile_id)  # raises ProfileNotFound with the known ids
     config.profile(profile_id)
     if not create:
-        raise BenchError(f"{target} does not exist. Create it from {profile_id}: run_benchmark with "
-                         f"create_bench=true (`--create-bench`; or `llama-pilot bench profile {profile_id}`), or give an "
-                         "existing bench- profile.")
+        raise BenchError(_no_twin(target, profile_id))
     edit = create_bench_profile(config, profile_id, ctx_per_slot=ctx_per_slot)
     return load_config(config.path), target, edit
 
@@ -402,9 +405,7 @@ def preflight(config: Config, profile_id: str, *, create_bench: bool = False, re
     bench profile there (or to be created), the dataset found."""
     config.profile(profile_id)
     if not resume and bench_id_for(profile_id) not in config.profiles and not create_bench:
-        raise BenchError(f"{bench_id_for(profile_id)} does not exist. Create it from {profile_id} with "
-                         f"`llama-pilot bench profile {profile_id}` (or ask for create_bench), or give an existing "
-                         "bench- profile.")
+        raise BenchError(_no_twin(bench_id_for(profile_id), profile_id))
     try:
         import evalplus  # noqa: F401
     except ImportError:
