@@ -121,7 +121,12 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path):
                    "demo", "--ctx", "2048", "--gpus", "none", "--dry-run")
         await both("estimate_fit", {"model": path, "values": {"CTX_SIZE": "2048"}, "gpus": "none"},
                    "--model", path, "--set", "CTX_SIZE=2048", "--gpus", "none", exact=True)
-        await both("create_bench_profile", {"profile": "demo", "dry_run": True}, "demo", "--dry-run", exact=True)
+        # demo has its twin already; a profile without one shows the create both ways.
+        from mcp_server.profiles.config import load_config
+        from mcp_server.profiles.edits import create_profile
+
+        create_profile(load_config(conf), "solo", {"MODEL": "gemma-3-270m/gemma-3-270m-q4_k_m.gguf"})
+        await both("create_bench_profile", {"profile": "solo", "dry_run": True}, "solo", "--dry-run", exact=True)
         await both("promote_model_card", {"name": "Gemma", "dry_run": True}, "Gemma", "--dry-run", exact=True)
         await both("gpu_stats", {})
         await both("diagnose", {"profile": "demo"}, "demo")
