@@ -33,6 +33,19 @@ def _stdio(conf: Path) -> StdioServerParameters:
                                  env={**os.environ})
 
 
+async def _until_nothing_live(client: Client, within_s: float = 30.0) -> tuple[list[dict], list[dict]]:
+    """Poll status until no instance is loading or ready (or the time is up): (all views, the live ones)."""
+    import anyio
+
+    deadline = time.monotonic() + within_s
+    while True:
+        views = (await client.call_tool("status", {})).structured_content["instances"]
+        live = [v for v in views if v["status"] in ("loading", "ready")]
+        if not live or time.monotonic() > deadline:
+            return views, live
+        await anyio.sleep(0.2)
+
+
 def _own_port(conf: Path, port: int) -> None:
     """Keep these servers off 8080 and off the other suites' ports."""
     update_profile(load_config(conf), "global", set={"PORT": str(port)})
@@ -275,13 +288,7 @@ async def test_cancelled_start_stops_the_server(demo_project, engine_path):
             await client.call_tool("start_model", {"profile": "demo"}, progress_callback=on_progress)
         if not scope.cancelled_caught:
             pytest.skip(f"the demo model was ready before the first progress report ({seen}); nothing to cancel")
-        deadline = time.monotonic() + 30
-        while True:
-            views = (await client.call_tool("status", {})).structured_content["instances"]
-            live = [v for v in views if v["status"] in ("loading", "ready")]
-            if not live or time.monotonic() > deadline:
-                break
-            await anyio.sleep(0.2)
+        views, live = await _until_nothing_live(client)
     assert not live, live
     assert [v["status"] for v in views if v["profile"] == "demo"] == ["stopped"]
 
@@ -316,13 +323,7 @@ async def test_cancelled_switch_stops_the_new_server_and_does_not_roll_back(demo
                 await client.call_tool("switch_model", {"profile": "bench-demo"}, progress_callback=on_progress)
         assert scope.cancelled_caught and seen, "switch_model returned although bench-demo cannot load"
         # The server stops bench-demo after the cancel arrives; its own load timeout is a minute away.
-        deadline = time.monotonic() + 30
-        while True:
-            views = (await client.call_tool("status", {})).structured_content["instances"]
-            live = [v for v in views if v["status"] in ("loading", "ready")]
-            if not live or time.monotonic() > deadline:
-                break
-            await anyio.sleep(0.2)
+        views, live = await _until_nothing_live(client)
     assert not live, live
     states = {v["profile"]: v["status"] for v in views}
     assert states == {"demo": "stopped", "bench-demo": "stopped"}, states  # stopped, neither failed nor rolled back
