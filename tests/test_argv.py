@@ -60,7 +60,7 @@ def test_full_profile_argv_in_documented_order(config):
         "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--fit", "on", "--fit-target", "128,1024",
         "--fit-ctx", "8192", "--override-tensor", r"blk\.(3[0-9]|4[0-7])\.ffn_.*_exps\.=CPU,exps=CPU",
         "--n-cpu-moe", "4", "--parallel", "1", "--batch-size", "2048", "--ubatch-size", "512",
-        "--temp", "0.7", "--top-p", "0.8", "--top-k", "20", "--min-p", "0", "--log-verbosity", "4",
+        "--temp", "0.7", "--top-p", "0.8", "--top-k", "20", "--min-p", "0", "--log-verbosity", "4", "--metrics",
         # EXTRA_ARGS last, split like a shell: the quoted JSON stays one argument, and its
         # --ctx-size wins over CTX_SIZE because llama.cpp takes the last occurrence.
         "--jinja", "--chat-template-kwargs", '{"enable_thinking": false}', "--ctx-size", "16384",
@@ -71,7 +71,7 @@ def test_minimal_profile_gets_only_global_defaults(config):
     spec = launch_spec(config.profile("minimal"), config)
     assert spec.argv == ["llama-server", "--model", "/srv/models/tiny.gguf", "--host", "127.0.0.1", "--port", "8080",
                          "--flash-attn", "on", "--cache-type-k", "q8_0", "--cache-type-v", "q8_0",
-                         "--log-verbosity", "4"]
+                         "--log-verbosity", "4", "--metrics"]
     assert spec.env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} and spec.visible_devices is None
 
 

@@ -48,7 +48,7 @@ def test_args_prints_one_argument_per_line(write_conf):
     assert result.output.startswith("# env CUDA_DEVICE_ORDER=PCI_BUS_ID\n")
     lines = [line for line in result.output.splitlines() if not line.startswith("#")]
     assert lines[1:] == ["--model", str((conf.parent / "models" / "a.gguf").resolve()), "--ctx-size", "131072",
-                         "--host", "127.0.0.1", "--port", "9123", "--log-verbosity", "4"]
+                         "--host", "127.0.0.1", "--port", "9123", "--log-verbosity", "4", "--metrics"]
     spec = json.loads(run("--config", str(conf), "args", "alpha", "--json").output)
     assert spec["argv"][1:3] == lines[1:3] and spec["port"] == 8080
 

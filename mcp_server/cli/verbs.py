@@ -4,7 +4,7 @@ The rule: an operation has one name, a verb and its object (``start_model``, ``l
 MCP tool and the core function carry it as written; the CLI command writes it with dashes
 (``llama-pilot start-model``). A short alias exists only where it is listed here, and
 ``docs/user-guide.md`` shows this table as :func:`markdown_table` renders it (a test compares them).
-Commands for people only (``args``, ``orphans``, ``setup``, ``demo``, ``dashboard``,
+Commands for people only (``serve`` in the foreground, ``args``, ``orphans``, ``setup``, ``demo``, ``dashboard``,
 ``install-claude``, ``engine status``, ``docker build``, ``bench ...``) have no tool and no alias.
 """
 
@@ -54,6 +54,12 @@ VERBS: tuple[Verb, ...] = (
     Verb("list_jobs", "bench.jobs:list_jobs"),
     Verb("cancel_job", "bench.jobs:cancel_job"),
     Verb("bench_results", "bench.results:bench_results"),
+    Verb("serve_start", "serve.control:serve_start"),
+    Verb("serve_stop", "serve.control:serve_stop"),
+    Verb("serve_status", "serve.control:serve_status"),
+    Verb("serve_load", "serve.control:serve_load"),
+    Verb("serve_unload", "serve.control:serve_unload"),
+    Verb("serve_pin", "serve.control:serve_pin"),
 )
 
 ALIASES: dict[str, str] = {alias: verb.command for verb in VERBS for alias in verb.aliases if " " not in alias}

@@ -19,6 +19,8 @@ _SPECIAL = {"MODEL", "PORT"}
 # At verbosity 4 llama-server logs every buffer it allocates, per device: the load report and
 # the estimator's calibration read them. EXTRA_ARGS comes later, so a profile can still lower it.
 LOG_VERBOSITY = ["--log-verbosity", "4"]
+# /metrics on every instance: `serve` merges them under a model label; it costs nothing until scraped.
+METRICS = ["--metrics"]
 
 
 class LaunchSpec(BaseModel):
@@ -72,7 +74,7 @@ def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server
     flags = _flag_values(profile)
     # Keep the original's order: context and layers come before host/port.
     head, rest = _split_after(flags, ("--ctx-size", "--n-gpu-layers"))
-    argv += head + ["--host", chosen_host, "--port", str(chosen_port)] + rest + LOG_VERBOSITY
+    argv += head + ["--host", chosen_host, "--port", str(chosen_port)] + rest + LOG_VERBOSITY + METRICS
     extra = profile.get("EXTRA_ARGS")
     if extra:
         argv += split_extra_args(extra, where=f"[{profile.id}]")

@@ -124,12 +124,13 @@ class ProfileEstimate(BaseModel):
 
 def estimate_fit(config: Config, profile: str | None = None, gpus: str | None = None, *, oracle: bool = False,
                  replay_fit: bool = True, model: str | None = None, values: dict[str, str] | None = None,
-                 agent: bool = False) -> ProfileEstimate:
+                 agent: bool = False, inventory: Inventory | None = None) -> ProfileEstimate:
     """Predict what ``profile`` will use per GPU and in host RAM on the given (or the real) GPUs.
 
     With ``model`` and/or ``values`` it estimates a draft instead (see
     :func:`~mcp_server.profiles.edits.draft_profile`): a model file before its profile exists, or an
-    existing profile with changed settings, without writing anything."""
+    existing profile with changed settings, without writing anything. ``inventory`` replaces the GPUs
+    ``gpus`` would name (serve passes the real GPUs at their full size: what a model takes alone)."""
     from mcp_server.profiles.edits import draft_profile
 
     changes = {**(values or {}), **({"MODEL": model} if model is not None else {})}
@@ -141,7 +142,7 @@ def estimate_fit(config: Config, profile: str | None = None, gpus: str | None = 
     spec = launch_spec(config.profile(profile), config)
     info = read_layout(spec.model_path)
     require_complete(info, config.profile(profile).model or spec.model_path)
-    inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
+    inventory = visible_to(inventory or gpu_inventory(gpus), spec.visible_devices)
     settings = settings_from_argv(spec.argv)
     names = [g.name for g in inventory.gpus]
     overhead, source = inventory.overhead()

@@ -91,6 +91,15 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     # Below 1024 are the system's ports (22 is ssh): a model server never belongs there.
     KeySpec("PORT", "int", "port for this profile (else the global PORT)", minimum=1024, maximum=65535),
     KeySpec("EXTRA_ARGS", "args", "any other llama-server flags; appended last, so they win"),
+    # Read by `llama-pilot serve` only; none of them reaches llama-server's argv.
+    KeySpec("ALIASES", "list", "other names clients may send as `model` for this profile (serve)"),
+    KeySpec("PIN", "onoff", "serve never unloads this profile to make room (serve)", choices=("on", "off")),
+    KeySpec("PRIORITY", "int", "serve unloads lower priorities first when memory is short (default 0)", minimum=-100,
+            maximum=100),
+    KeySpec("IDLE_TTL", "int", "serve unloads the profile after this many seconds without a request (0 = never)",
+            minimum=0, maximum=1 << 24),
+    KeySpec("SAMPLERS", "choice", "client: the sampler fields a client sends win over the profile's TEMP/TOP_P/...; "
+            "profile: serve strips them, so the profile's own settings apply (serve)", choices=("client", "profile")),
 )
 
 HOST_KEYS: tuple[KeySpec, ...] = (
@@ -98,6 +107,19 @@ HOST_KEYS: tuple[KeySpec, ...] = (
     KeySpec("HOST", "text", "address llama-server listens on", scope="host"),
     KeySpec("ENGINE", "text", "llama-server binary: a path or a name on PATH (else auto-detected)", scope="host"),
     KeySpec("DOCKER_IMAGE", "text", "image for BACKEND=docker", scope="host"),
+    KeySpec("SERVE_HOST", "text", "address `llama-pilot serve` listens on (default 127.0.0.1; any other needs "
+            "SERVE_API_KEY)", scope="host"),
+    KeySpec("SERVE_PORT", "int", "port of `llama-pilot serve` (default 8000)", minimum=1024, maximum=65535, scope="host"),
+    KeySpec("SERVE_API_KEY", "text", "key clients must send (Authorization: Bearer or x-api-key); the environment "
+            "variable LLAMA_PILOT_API_KEY overrides it", scope="host"),
+    KeySpec("SERVE_MAX_WAIT", "float", "seconds a request for an unloaded model waits at most before serve stops "
+            "admitting new requests to the models it must unload (default 30)", minimum=0, maximum=86400, scope="host"),
+    KeySpec("SERVE_QUEUE_LIMIT", "int", "requests queued per model before serve answers 429 (default 64)", minimum=1,
+            maximum=100000, scope="host"),
+    KeySpec("SERVE_MEMORY_BUDGET", "text", "host memory serve may fill with models, e.g. 12GiB; on a machine "
+            "without a GPU this is what co-residency is decided against (default: available RAM)", scope="host"),
+    KeySpec("SERVE_RESERVE_MIB", "int", "MiB serve keeps free on each GPU (default: the planner's reserve)", minimum=0,
+            maximum=1 << 20, scope="host"),
 )
 
 KEYS: dict[str, KeySpec] = {s.key: s for s in (*PROFILE_KEYS, *HOST_KEYS)}
@@ -105,6 +127,7 @@ PROFILE_KEY_NAMES = tuple(s.key for s in PROFILE_KEYS)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_SERVE_PORT = 8000
 DEFAULT_MODELS_DIR = "models"
 DEFAULT_DOCKER_IMAGE = "llama-pilot/llama-server:cpu"
 
@@ -175,7 +198,8 @@ def check_not_a_flag(key: str, value: str, where: str = "") -> None:
 
 # Settings that name a program, a folder or a network address for the whole host. Agents (the MCP
 # tools) may not change them: an agent picks among profiles and files under MODELS_DIR, nothing else.
-HOST_ONLY_FOR_PEOPLE = frozenset({"ENGINE", "MODELS_DIR", "HOST", "DOCKER_IMAGE"})
+HOST_ONLY_FOR_PEOPLE = frozenset({"ENGINE", "MODELS_DIR", "HOST", "DOCKER_IMAGE", "SERVE_HOST", "SERVE_PORT",
+                                  "SERVE_API_KEY"})
 def check_agent_edit(config: "Config", key: str, value: str | None, where: str = "") -> None:
     """The extra rules for edits made by an agent (MCP).
 
@@ -323,6 +347,13 @@ class HostSettings(BaseModel):
     backend: BackendName = "native"
     docker_image: str = DEFAULT_DOCKER_IMAGE
     defaults: dict[str, str] = Field(default_factory=dict, description="profile keys set in [global]")
+    serve_host: str = DEFAULT_HOST
+    serve_port: int = DEFAULT_SERVE_PORT
+    serve_api_key: str | None = None
+    serve_max_wait_s: float = 30.0
+    serve_queue_limit: int = 64
+    serve_memory_budget: str | None = None
+    serve_reserve_mib: int | None = None
 
 
 @dataclass
@@ -395,6 +426,13 @@ def _host_settings(values: dict[str, str], conf_path: Path) -> HostSettings:
         backend=values.get("BACKEND", "native"),  # type: ignore[arg-type]
         docker_image=values.get("DOCKER_IMAGE", DEFAULT_DOCKER_IMAGE),
         defaults=defaults,
+        serve_host=values.get("SERVE_HOST", DEFAULT_HOST),
+        serve_port=int(values.get("SERVE_PORT", DEFAULT_SERVE_PORT)),
+        serve_api_key=values.get("SERVE_API_KEY") or None,
+        serve_max_wait_s=float(values.get("SERVE_MAX_WAIT", 30)),
+        serve_queue_limit=int(values.get("SERVE_QUEUE_LIMIT", 64)),
+        serve_memory_budget=values.get("SERVE_MEMORY_BUDGET") or None,
+        serve_reserve_mib=int(values["SERVE_RESERVE_MIB"]) if "SERVE_RESERVE_MIB" in values else None,
     )
 
 

@@ -40,6 +40,7 @@ Progress = Callable[["LoadProgress"], None]
 _BASE_TIMEOUT_S = 60.0
 _BYTES_PER_S = 150e6
 _PROGRESS_EVERY_S = 0.25
+_STALL_CHECK_EVERY_S = 1.0
 
 
 def _poll_delay(elapsed_s: float) -> float:
@@ -467,7 +468,12 @@ class Runtime:
         and :class:`_WaitCancelled` once ``cancel`` is set (the instance is left as it is: the caller
         decides whether to stop it)."""
         backend = self.backend(record.backend)
+        # A load fails when it stops making progress, not on its total time: a 100 GB model takes
+        # minutes, and every stretch of them writes to the log. The deadline moves on with each new
+        # log line, so load_timeout_s is the longest silence allowed.
         deadline = record.started_at + record.load_timeout_s
+        log_size = -1
+        next_stall_check = 0.0
         last_fraction = -1.0
         next_progress = 0.0
         while True:
@@ -490,6 +496,12 @@ class Runtime:
                 if current.fraction != last_fraction:
                     last_fraction = current.fraction
                     progress(current)
+            if time.monotonic() >= next_stall_check:
+                next_stall_check = time.monotonic() + _STALL_CHECK_EVERY_S
+                size = len(backend.read_log(record))
+                if size != log_size:
+                    log_size = size
+                    deadline = max(deadline, time.time() + record.load_timeout_s)
             if time.time() >= deadline:
                 final = backend.stop(record, grace_s=5)
                 with self.registry.lock():

@@ -234,8 +234,9 @@ def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, p
     if timed_out:
         progress = load_progress(text)
         return Diagnosis(cause="timeout", summary=f"still {progress.stage} ({progress.fraction:.0%}) when the "
-                         "start timed out", fix="allow a longer load (start_model timeout_s, `--timeout` on the command line) or check that the disk is not "
-                         "the bottleneck", evidence=tail[-3:])
+                         "start timed out: the log had stopped growing", fix="allow a longer silence while loading "
+                         "(start_model timeout_s, `--timeout` on the command line: the longest stretch without a new "
+                         "log line) or check that the disk is not the bottleneck", evidence=tail[-3:])
     if exit_code is not None and (exit_code < 0 or 128 < exit_code < 160):
         import signal
 
