@@ -32,6 +32,9 @@ written for the person or agent reading it and says what to do next. Codes in br
     │   ├── BenchCancelled [bench-cancelled]
     │   └── DatasetMissing [dataset-missing]
     ├── JobError [job]                            a background job id is unknown or cannot start (bench.jobs)
+    ├── ServeError [serve]                        the endpoint cannot start or be reached (serve.policy)
+    │   ├── ServeNotRunning [serve-not-running]
+    │   └── ServeRefused [serve-refused]          a public address without a key, a second endpoint, a taken port
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
 

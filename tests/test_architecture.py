@@ -16,7 +16,9 @@ from mcp_server.cli.verbs import ALIASES, VERBS, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mcp_server"
-CORE = ("profiles", "engine", "runtime", "model_files", "placement", "monitoring", "checks", "bench", "setup")
+CORE = ("profiles", "engine", "runtime", "model_files", "placement", "monitoring", "checks", "bench", "setup", "serve")
+# The endpoint's HTTP door lives beside the scheduler it serves; nothing in the core imports it.
+DOORS_IN_CORE = ("serve/proxy.py",)
 FRONT_DOOR_LIBRARIES = ("mcp", "click", "textual", "starlette", "uvicorn", "rich")
 
 
@@ -56,9 +58,12 @@ def test_core_packages_import_no_front_door():
     offenders = []
     for package in CORE:
         for path in sorted((PACKAGE / package).rglob("*.py")):
+            if path.relative_to(PACKAGE).as_posix() in DOORS_IN_CORE:
+                continue
             imported = _imports(path)
             bad = [name for name in imported if name in FRONT_DOOR_LIBRARIES
-                   or name.startswith(("mcp_server.server", "mcp_server.cli", "mcp_server.dashboard"))]
+                   or name.startswith(("mcp_server.server", "mcp_server.cli", "mcp_server.dashboard"))
+                   or name in ("mcp_server.serve.proxy",)]
             if bad:
                 offenders.append(f"{path.relative_to(PACKAGE)}: {sorted(bad)}")
     assert offenders == []

@@ -30,7 +30,7 @@ VOLATILE = {"prompt_tokens", "pid", "id", "instance", "started_at", "ready_at", 
             "prompt_tokens_per_s", "generation_tokens_per_s", "at", "cpu_pct", "per_core_pct", "load_avg",
             "ram_used_mib", "ram_available_mib", "swap_used_mib", "rss_mib", "threads", "interval_s",
             "sampled_at", "decided_at", "instance_id", "container_id", "seconds", "created_at", "total_lines", "lines",
-            "progress", "free_mib", "free", "host_free_mib", "available_mib", "note", "exit_code"}
+            "progress", "idle_s", "oldest_wait_s", "free_mib", "free", "host_free_mib", "available_mib", "note", "exit_code"}
 
 
 def _shape(value: Any, key: str = "") -> Any:
@@ -164,6 +164,20 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path):
                              "--gen-tokens", "4")
         assert code == 0 and set(job_cli) == set(job) and job_cli["params"] == job["params"]
         _cli(conf, "cancel-job", job_cli["id"])
+
+        # The endpoint: started, asked, loaded, pinned, unloaded and stopped both ways.
+        from mcp_server.profiles.edits import update_profile
+
+        from .serve_helpers import free_port
+
+        update_profile(load_config(conf), "global", set={"SERVE_PORT": str(free_port())})
+        await both("serve_status", {}, exact=True)  # not running
+        await both("serve_start", {})  # the second finds it running
+        await both("serve_status", {})
+        await both("serve_load", {"profile": "demo"}, "demo")
+        await both("serve_pin", {"profile": "demo", "pinned": False}, "demo", "--unpin")
+        await both("serve_unload", {"profile": "demo"}, "demo")
+        await both("serve_stop", {})
 
     assert covered == {v.tool for v in VERBS}, f"not compared: {sorted({v.tool for v in VERBS} - covered)}"
 

@@ -61,7 +61,9 @@ def serve_cmd(ctx: click.Context, port: int | None, host: str | None, background
             settings = serve_settings(config, host=host, port=port)
             click.echo(f"serving {len(config.profiles)} profiles at {settings.url} (Ctrl-C stops; models stay "
                        "loaded for the next serve)", err=True)
-            control.serve(config, host=host, port=port)
+            from mcp_server.serve.proxy import serve
+
+            serve(config, host=host, port=port)
             return
     if as_json:
         return emit_json(result)

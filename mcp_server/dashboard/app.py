@@ -40,6 +40,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Log, OptionList, Static
 from textual.widgets.option_list import Option
 
+from mcp_server import paths
 from mcp_server.profiles.listing import ProfileSummary, list_profiles
 from mcp_server.runtime.registry import InstanceStatus
 from mcp_server.errors import LlamaPilotError
@@ -303,10 +304,10 @@ class Polled(Message):
     """The poller's news: the instances (when asked this round), the one shown, its new log lines."""
 
     def __init__(self, views: list[InstanceView] | None, current: InstanceView | None, lines: list[str],
-                 changed: bool, speed: ReplySpeed | None, error: str | None = None) -> None:
+                 changed: bool, speed: ReplySpeed | None, error: str | None = None, serve: Any = None) -> None:
         super().__init__()
         self.views, self.current, self.lines, self.changed = views, current, lines, changed
-        self.speed, self.error = speed, error
+        self.speed, self.error, self.serve = speed, error, serve
 
 
 class OperationProgress(Message):
@@ -360,13 +361,14 @@ class Poller:
         current: InstanceView | None = None
         next_status = 0.0
         while not (self.stopped.is_set() or cancelled()):
-            views, changed, error = None, False, None
+            views, changed, error, serve = None, False, None, None
             if self._wake.is_set() or time.monotonic() >= next_status:
                 self._wake.clear()
                 next_status = time.monotonic() + self.interval_s
                 try:
                     runtime = runtime or Runtime(load_config(self.config_path))
                     views = runtime.status().instances
+                    serve = _serve_status(runtime)
                 except LlamaPilotError as exc:
                     error = str(exc)
                 except Exception as exc:  # a poll must never end the dashboard
@@ -381,8 +383,17 @@ class Poller:
             except OSError as exc:
                 lines, error = [], f"cannot read the log: {exc}"
             if views is not None or lines or error:
-                self.post(Polled(views, current, lines, changed, follower.speed.last, error))
+                self.post(Polled(views, current, lines, changed, follower.speed.last, error, serve))
             self._wake.wait(LOG_TICK_S)
+
+
+def _serve_status(runtime: Runtime) -> Any:
+    """The endpoint's status when one runs for this home (its state file says so), else None."""
+    if not (paths.state_dir() / "serve.json").exists():
+        return None
+    from mcp_server.serve.control import serve_status
+
+    return serve_status(runtime.config)
 
 
 def _text_reader(runtime: Runtime | None, view: InstanceView) -> Callable[[], str] | None:
@@ -531,6 +542,32 @@ def render_system(system: Any, history: Callable[[str], list[float]]) -> tuple[R
     rows.extend(lines)
     plain.extend(line.plain for line in lines)
     return Group(*rows), "\n".join(plain)
+
+
+def render_serve(status: Any) -> tuple[RenderableType, str]:
+    """The endpoint's queues and its last swaps (nothing when no endpoint runs)."""
+    if status is None or not status.running:
+        return Text(""), ""
+    text = Text()
+    text.append(f"\nEndpoint {status.url}\n", style="bold")
+    for model in status.models:
+        if model.state == "absent" and not model.queued:
+            continue
+        style = {"ready": "green", "loading": "yellow", "unloading": "yellow"}.get(model.state, "dim")
+        text.append(f"  {model.profile:<18} ", style="bold")
+        text.append(f"{model.state:<9}", style=style)
+        text.append(f" {model.in_flight} busy, {model.queued} queued"
+                    + (f", oldest {model.oldest_wait_s:.1f}s" if model.oldest_wait_s else "")
+                    + (" (pinned)" if model.pinned else "") + (f"  {model.progress}" if model.progress else "") + "\n")
+    swaps = [s for s in status.swaps if s.action in ("load", "unload", "lost", "failed")][-4:]
+    for swap in swaps:
+        when = time.strftime("%H:%M:%S", time.localtime(swap.at))
+        gone = f" for {', '.join(swap.unloaded)}" if swap.unloaded else ""
+        text.append(f"  {when} {swap.action} {swap.profile}{gone}: {swap.reason}\n", style="dim")
+    counters = status.counters
+    text.append(f"  served {counters.get('served', 0)}, swaps {counters.get('swaps', 0)}, "
+                f"429 {counters.get('rejected', 0)}\n", style="dim")
+    return text, text.plain
 
 
 def header_text(current: InstanceView | None, name: str | None, *, busy: str | None,
@@ -710,6 +747,7 @@ class MainScreen(Screen[None]):
                 yield Panel("Waiting for GPU data...", id="gpus")
             with VerticalScroll(id="system-box", can_focus=False):
                 yield Panel("Waiting for system data...", id="system")
+                yield Panel("", id="serve")
         yield Log(max_lines=LOG_LINES, id="log")
         yield Footer()
 
@@ -814,6 +852,7 @@ class Dashboard(App[str | None]):
     def on_polled(self, message: Polled) -> None:
         if message.views is not None:
             self.views, self.current = message.views, message.current
+            self.main.query_one("#serve", Panel).show(*render_serve(message.serve))
         if message.error:
             self.message = (message.error, "red")
         log = self.main.query_one(Log)

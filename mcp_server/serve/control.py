@@ -55,6 +55,7 @@ class Swap(BaseModel):
     reason: str
     unloaded: list[str] = Field(default_factory=list)
     waited_s: float | None = None
+    victims_idle: bool | None = None
     load_s: float | None = None
     detail: str | None = None
 
@@ -113,15 +114,12 @@ def _alive(pid: int | None) -> bool:
 # --- run ----------------------------------------------------------------------------------
 
 
-def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
-    """Run the endpoint in this process until SIGTERM/SIGINT (the foreground ``llama-pilot serve``)."""
-    import uvicorn
+def hold_endpoint_lock(settings: ServeSettings, config_path: Path) -> int:
+    """Take this home's endpoint lock and write serve.json; the fd is held for the endpoint's life.
 
+    Refuses a second endpoint for the same home, and a port another program holds."""
     from mcp_server.runtime.lifecycle import port_is_free
-    from mcp_server.serve.proxy import build_app
-    from mcp_server.serve.scheduler import Scheduler
 
-    settings = serve_settings(config, host=host, port=port)
     check_bind(settings)
     paths.state_dir().mkdir(parents=True, exist_ok=True)
     lock = os.open(_lock_file(), os.O_RDWR | os.O_CREAT, 0o600)
@@ -132,23 +130,22 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None) -
         other = _read_state() or {}
         raise ServeRefused(f"an endpoint already serves this llama-pilot home at {other.get('url', '?')} "
                            f"(pid {other.get('pid', '?')}); use it, or stop it first (serve_stop)") from None
-    try:
-        if not port_is_free(settings.port, settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"):
-            raise ServeRefused(f"port {settings.port} on {settings.host} is taken by another program: choose another "
-                               "with --port or SERVE_PORT in [global]")
-        scheduler = Scheduler(config.path, settings)
-        atomic_write(_state_file(), json.dumps({"pid": os.getpid(), "url": settings.url, "host": settings.host,
-                                                "port": settings.port, "config": str(config.path),
-                                                "started_at": time.time()}))
-        server = uvicorn.Server(uvicorn.Config(build_app(scheduler), host=settings.host, port=settings.port,
-                                               log_level="warning", access_log=False, lifespan="on",
-                                               timeout_graceful_shutdown=10))
-        server.run()
-    finally:
-        state = _read_state()
-        if state and state.get("pid") == os.getpid():
-            _state_file().unlink(missing_ok=True)
+    probe = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if not port_is_free(settings.port, probe):
         os.close(lock)
+        raise ServeRefused(f"port {settings.port} on {settings.host} is taken by another program: choose another "
+                           "with --port or SERVE_PORT in [global]")
+    atomic_write(_state_file(), json.dumps({"pid": os.getpid(), "url": settings.url, "host": settings.host,
+                                            "port": settings.port, "config": str(config_path),
+                                            "started_at": time.time()}))
+    return lock
+
+
+def release_endpoint_lock(lock: int) -> None:
+    state = _read_state()
+    if state and state.get("pid") == os.getpid():
+        _state_file().unlink(missing_ok=True)
+    os.close(lock)
 
 
 def serve_start(config: Config, *, host: str | None = None, port: int | None = None,

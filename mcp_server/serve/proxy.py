@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from mcp_server.serve.policy import ServeSettings, is_loopback, strip_samplers
+from mcp_server.profiles.config import Config
+from mcp_server.serve.policy import ServeSettings, is_loopback, serve_settings, strip_samplers
 from mcp_server.serve.scheduler import Lease, Scheduler, ServeHTTPError
 
 PROFILE_HEADER = "x-llama-pilot-profile"
@@ -333,3 +334,22 @@ def build_app(scheduler: Scheduler) -> Any:
                Route("/llama-pilot/status", status),
                *(Route(f"/llama-pilot/{a}", control(a), methods=["POST"]) for a in ("load", "unload", "pin"))]
     return Guard(Starlette(routes=routes, lifespan=lifespan), scheduler.settings)
+
+
+def serve(config: Config, *, host: str | None = None, port: int | None = None) -> None:
+    """Run the endpoint in this process until SIGTERM/SIGINT (the foreground ``llama-pilot serve``).
+
+    On the way out it finishes the requests in flight (10 s at most) and leaves the models loaded."""
+    import uvicorn
+
+    from mcp_server.serve.control import hold_endpoint_lock, release_endpoint_lock
+
+    settings = serve_settings(config, host=host, port=port)
+    lock = hold_endpoint_lock(settings, config.path)
+    try:
+        server = uvicorn.Server(uvicorn.Config(build_app(Scheduler(config.path, settings)), host=settings.host,
+                                               port=settings.port, log_level="warning", access_log=False,
+                                               lifespan="on", timeout_graceful_shutdown=10))
+        server.run()
+    finally:
+        release_endpoint_lock(lock)

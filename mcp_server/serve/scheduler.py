@@ -102,6 +102,8 @@ class SwapEvent(BaseModel):
                                     "load-failed")
     unloaded: list[str] = Field(default_factory=list, description="what was unloaded to make room")
     waited_s: float | None = Field(default=None, description="the oldest waiter's wait when the load was decided")
+    victims_idle: bool | None = Field(default=None, description="whether what was unloaded had nothing in flight "
+                                                                "or queued when the swap was decided")
     load_s: float | None = None
     detail: str | None = None
 
@@ -484,6 +486,7 @@ class Scheduler:
     async def _load(self, slot: Slot, victims: list[Slot], reason: str, waited: float) -> None:
         from mcp_server.runtime.lifecycle import StartFailed, StartRefused
 
+        victims_idle = all(v.in_flight == 0 and not v.queue for v in victims) if victims else None
         unloaded = []
         for victim in victims:
             await self._stop(victim)
@@ -527,7 +530,7 @@ class Scheduler:
         if unloaded:
             self.counters["swaps"] += 1
         self.events.append(SwapEvent(at=time.time(), action="load", profile=slot.profile, reason=reason,
-                                     unloaded=unloaded, waited_s=round(waited, 3),
+                                     unloaded=unloaded, waited_s=round(waited, 3), victims_idle=victims_idle,
                                      load_s=round(time.monotonic() - started, 3)))
 
     async def _wait_room(self, need: memory.Footprint) -> None:

@@ -1,0 +1,301 @@
+"""`llama-pilot serve` beside a direct llama-server and beside llama.cpp's own router mode.
+
+Three measurements, each side by side in one run (this machine is noisy, so ratios, interleaved):
+
+1. **Overhead**: N streamed requests to the same model, alternating direct llama-server / serve /
+   router. Time to first token (TTFT, p50 and p95) and decode tokens/s (tokens after the first,
+   over the time after the first).
+2. **Swap cost**: with room for one model, alternate A and B from one client. For each swap: B's
+   first token through the endpoint minus B's own cold start (launch to /health 200, then its
+   first token warm). Serve's cold start is measured with the same launch (Runtime.start_model).
+3. **Alternating run**: 4 clients x R requests over 3 models, room for 2. Swaps, failures, the
+   longest wait. Serve reports its swaps; for the router we count the model processes it spawns.
+
+    python benchmarks/serve_bench.py --out docs/benchmarks/serve.md [--requests 50] [--rounds 6]
+
+The project: the demo model and two random-weight models (the same as tests/test_serve.py), CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mcp_server.engine.binary import locate_engine  # noqa: E402
+from mcp_server.profiles.config import load_config  # noqa: E402
+from mcp_server.runtime.lifecycle import Runtime  # noqa: E402
+from tests.serve_helpers import PROFILES, Endpoint, footprints, free_port, set_global, write_project  # noqa: E402
+
+
+def stream_once(url: str, model: str, prompt: str, n: int) -> tuple[float, float, int]:
+    """(TTFT s, decode tokens/s, tokens) of one streamed completion."""
+    body = {"model": model, "prompt": prompt, "max_tokens": n, "stream": True, "ignore_eos": True,
+            "temperature": 0, "cache_prompt": False}
+    t0 = time.perf_counter()
+    first = last = None
+    tokens = 0
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                if '"text":""' in line.replace(" ", ""):
+                    continue
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                tokens += 1
+    assert first is not None and last is not None, "no token"
+    rate = (tokens - 1) / (last - first) if tokens > 1 and last > first else float("nan")
+    return first - t0, rate, tokens
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Router:
+    """llama-server in router mode over the same three models, with a preset file."""
+
+    def __init__(self, engine: str, conf: Path, models_max: int, log: Path) -> None:
+        config = load_config(conf)
+        lines = ["version = 1", "", "[*]", "parallel = 2", "log-verbosity = 2", ""]
+        for pid, profile in config.profiles.items():
+            lines += [f"[{pid}]", f"model = {config.model_path(profile)}", f"c = {profile.get('CTX_SIZE')}", ""]
+        self.preset = conf.parent / "router.ini"
+        self.preset.write_text("\n".join(lines))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen([engine, "--models-preset", str(self.preset), "--models-max", str(models_max),
+                                      "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.spawned: set[int] = set()
+        self._watching = True
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        parent = psutil.Process(self.proc.pid)
+        while self._watching:
+            try:
+                self.spawned |= {c.pid for c in parent.children(recursive=True)}
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._watching = False
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def overhead(conf: Path, endpoint: Endpoint, router: Router, n_requests: int) -> dict[str, Any]:
+    runtime = Runtime(load_config(conf))
+    assert endpoint.complete("demo").status_code == 200
+    direct = next(i for i in runtime.status().instances if i.profile == "demo" and i.status == "ready").url
+    stream_once(router.url, "demo", "warm up", 4)
+    paths = {"direct": direct, "serve": endpoint.url, "router": router.url}
+    ttft: dict[str, list[float]] = {k: [] for k in paths}
+    rate: dict[str, list[float]] = {k: [] for k in paths}
+    for i in range(n_requests):
+        order = list(paths) if i % 2 == 0 else list(reversed(paths))
+        for name in order:
+            t, r, _ = stream_once(paths[name], "demo", f"Request {i}: tell a story about the sea", 32)
+            ttft[name].append(t)
+            rate[name].append(r)
+    out: dict[str, Any] = {}
+    for name in paths:
+        out[name] = {"ttft_p50_ms": pct(ttft[name], 0.5) * 1e3, "ttft_p95_ms": pct(ttft[name], 0.95) * 1e3,
+                     "decode_tps_median": statistics.median(rate[name])}
+    for name in ("serve", "router"):
+        deltas = [a - b for a, b in zip(ttft[name], ttft["direct"])]
+        out[name]["ttft_added_p50_ms"] = pct(deltas, 0.5) * 1e3
+        out[name]["ttft_added_p95_ms"] = pct(deltas, 0.95) * 1e3
+        ratios = [a / b for a, b in zip(rate[name], rate["direct"])]
+        out[name]["decode_ratio_median"] = statistics.median(ratios)
+    return out
+
+
+def cold_start(conf: Path, profile: str) -> float:
+    """Launch to ready, then the first token warm: what B costs with nobody in the way."""
+    runtime = Runtime(load_config(conf))
+    t0 = time.perf_counter()
+    view = runtime.start_model(profile)
+    ready = time.perf_counter() - t0
+    ttft, _, _ = stream_once(view.url, profile, "x", 2)
+    runtime.stop_model(profile)
+    return ready + ttft
+
+
+def swap_cost(conf: Path, url: str, rounds: int, cold: dict[str, float]) -> dict[str, Any]:
+    costs, ttfts = [], []
+    pair = ("syn-a", "syn-b")
+    stream_once(url, pair[0], "x", 2)
+    for i in range(rounds):
+        model = pair[(i + 1) % 2]
+        t, _, _ = stream_once(url, model, "x", 2)
+        ttfts.append(t)
+        costs.append(t - cold[model])
+    return {"swap_first_token_p50_s": pct(ttfts, 0.5), "swap_cost_p50_ms": pct(costs, 0.5) * 1e3,
+            "swap_cost_max_ms": max(costs) * 1e3, "rounds": rounds}
+
+
+def alternating(url: str, clients: int, per_client: int) -> dict[str, Any]:
+    waits: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=300) as http:
+            for j in range(per_client):
+                model = PROFILES[(i + j) % 3]
+                t0 = time.perf_counter()
+                r = http.post(url + "/v1/completions", json={"model": model, "prompt": f"{i}/{j}", "max_tokens": 3})
+                with lock:
+                    waits.append(time.perf_counter() - t0)
+                    if r.status_code != 200:
+                        failures.append(f"{model}: {r.status_code} {r.text[:120]}")
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"requests": len(waits), "failures": len(failures), "failure_examples": failures[:3],
+            "longest_s": max(waits), "p50_s": pct(waits, 0.5), "total_s": time.perf_counter() - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-client", type=int, default=12)
+    parser.add_argument("--max-wait", type=float, default=2.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from mcp_server.setup.bootstrap import demo_model_cache_path
+
+    engine = locate_engine().path
+    demo = demo_model_cache_path()
+    if not demo.is_file():
+        demo = ROOT / "models" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    os.environ["LLAMA_PILOT_HOME"] = str(work / "home")
+    conf = write_project(work / "proj", demo)
+    sizes = footprints(conf)
+    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "engine": engine,
+                               "footprints_mib": sizes, "date": time.strftime("%Y-%m-%d")}
+
+    def run_serve(budget_models: int) -> Endpoint:
+        ordered = sorted(sizes.values(), reverse=True)
+        budget = sum(ordered[:budget_models]) + min(ordered) / 2 if budget_models < 3 else sum(ordered) + 64
+        set_global(conf, SERVE_MEMORY_BUDGET=f"{budget:.0f}MiB", SERVE_MAX_WAIT=str(args.max_wait))
+        return Endpoint(conf, work / "serve.log").start()
+
+    # 1. overhead (room for everything, so nothing swaps)
+    ep = run_serve(3)
+    router = Router(engine, conf, 3, work / "router.log")
+    try:
+        results["overhead"] = overhead(conf, ep, router, args.requests)
+    finally:
+        router.close()
+        ep.stop()
+        Runtime(load_config(conf)).stop_model("all")
+    # 2. swap cost: room for one
+    cold = {m: statistics.median(cold_start(conf, m) for _ in range(3)) for m in ("syn-a", "syn-b")}
+    results["cold_start_s"] = cold
+    ep = run_serve(1)
+    try:
+        results["swap_serve"] = swap_cost(conf, ep.url, args.rounds, cold)
+    finally:
+        ep.stop()
+        Runtime(load_config(conf)).stop_model("all")
+    router = Router(engine, conf, 1, work / "router.log")
+    try:
+        results["swap_router"] = swap_cost(conf, router.url, args.rounds, cold)
+    finally:
+        router.close()
+    # 3. alternating, room for two
+    ep = run_serve(2)
+    try:
+        results["alternating_serve"] = alternating(ep.url, 4, args.per_client)
+        status = ep.status()
+        results["alternating_serve"]["swaps"] = status["counters"]["swaps"]
+        results["alternating_serve"]["loads"] = status["counters"]["loads"]
+    finally:
+        ep.stop()
+        Runtime(load_config(conf)).stop_model("all")
+    router = Router(engine, conf, 2, work / "router.log")
+    try:
+        before = len(router.spawned)
+        results["alternating_router"] = alternating(router.url, 4, args.per_client)
+        results["alternating_router"]["loads"] = len(router.spawned) - before
+    finally:
+        router.close()
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(report(results, args))
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> str:
+    o = r["overhead"]
+    lines = [f"# `llama-pilot serve` vs direct llama-server vs llama.cpp router mode ({r['date']})", "",
+             f"Machine: {r['machine']}; engine `{Path(r['engine']).name}` (same build for all three); models: the demo "
+             f"model and two random-weight models, CPU. Command: `python benchmarks/serve_bench.py --requests "
+             f"{args.requests} --rounds {args.rounds} --per-client {args.per_client} --max-wait {args.max_wait}`.", "",
+             f"## Overhead ({args.requests} streamed requests each, interleaved, 32 tokens)", "",
+             "| path | TTFT p50 ms | TTFT p95 ms | added TTFT p50 ms | added TTFT p95 ms | decode t/s | decode ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("direct", "serve", "router"):
+        x = o[name]
+        lines.append(f"| {name} | {x['ttft_p50_ms']:.1f} | {x['ttft_p95_ms']:.1f} | "
+                     f"{x.get('ttft_added_p50_ms', 0):+.2f} | {x.get('ttft_added_p95_ms', 0):+.2f} | "
+                     f"{x['decode_tps_median']:.1f} | {x.get('decode_ratio_median', 1):.3f} |")
+    lines += ["", f"## Swap cost (room for one model, {args.rounds} swaps, one client)", "",
+              "Cold start (launch to ready + first token), median of 3: "
+              + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["cold_start_s"].items()) + ".", "",
+              "| path | first token after a swap, p50 s | swap cost p50 ms | swap cost max ms |", "| --- | --- | --- | --- |"]
+    for name in ("serve", "router"):
+        x = r[f"swap_{name}"]
+        lines.append(f"| {name} | {x['swap_first_token_p50_s']:.3f} | {x['swap_cost_p50_ms']:.0f} | "
+                     f"{x['swap_cost_max_ms']:.0f} |")
+    lines += ["", f"## Alternating run (4 clients x {args.per_client} requests over 3 models, room for 2)", "",
+              "| path | requests | failures | loads | longest wait s | p50 s | total s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("serve", "router"):
+        x = r[f"alternating_{name}"]
+        lines.append(f"| {name} | {x['requests']} | {x['failures']} | {x['loads']} | {x['longest_s']:.2f} | "
+                     f"{x['p50_s']:.3f} | {x['total_s']:.1f} |")
+    lines += ["", "Raw figures:", "", "```json", json.dumps(r, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
