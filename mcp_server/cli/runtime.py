@@ -41,7 +41,8 @@ def _duration(seconds: float | None) -> str:
 backend_option = click.option("--backend", type=click.Choice(["native", "docker"]),
                               help="Override the profile's BACKEND.")
 timeout_option = click.option("--timeout", "timeout_s", type=click.FloatRange(0, 86400, min_open=True),
-                              help="Seconds to wait for the model to load (default grows with model size).")
+                              help="Seconds a load may go without a new log line before it counts as stuck "
+                                   "(default grows with model size).")
 
 
 @click.command("start-model")

@@ -81,7 +81,7 @@ class Relay:
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=64))
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         body = await request.body()
         try:
             payload = json.loads(body)
@@ -328,7 +328,7 @@ def build_app(scheduler: Scheduler) -> Any:
             await scheduler.close()
             await relay.client.aclose()
 
-    routes = [Route(p, relay, methods=["POST"]) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    routes = [Route(p, relay.handle, methods=["POST"]) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                                                           "/v1/messages", "/v1/messages/count_tokens")]
     routes += [Route("/v1/models", models), Route("/health", health), Route("/metrics", metrics),
                Route("/llama-pilot/status", status),

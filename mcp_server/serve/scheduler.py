@@ -326,6 +326,7 @@ class Scheduler:
 
     def _load_next(self, now: float) -> bool:
         """Start the next load if one can start; returns True when a transition began."""
+        drained = {p for p, s in self.slots.items() if s.draining}
         for slot in self.slots.values():
             slot.draining = False
         waiting = sorted((s for s in self.slots.values() if s.queue and s.state == SlotState.ABSENT),
@@ -352,7 +353,9 @@ class Scheduler:
         victims = [self.slots[p] for p in decision.victims]
         waited = now - head.queue[0].enqueued
         if all(v.in_flight == 0 and not v.queue for v in victims):
-            self._begin(self._load(head, victims, "unused", waited))
+            # Drained for this waiter (they had work when it came) or simply unused.
+            reason = "max-wait" if drained & set(decision.victims) else "unused"
+            self._begin(self._load(head, victims, reason, waited))
             return True
         if waited >= self.settings.max_wait_s:
             for victim in victims:

@@ -38,9 +38,9 @@ KeyValue = Annotated[str, Field(max_length=4000, description="the value as writt
 ModelFilePath = Annotated[str, Field(min_length=1, max_length=1000,
                                      description="a .gguf model file relative to the models directory (MODELS_DIR), "
                                                  "as list_model_files shows it, e.g. Qwen3/Qwen3-8B-Q6_K.gguf")]
-LoadTimeout = Annotated[float | None, Field(gt=0, le=86400, description="seconds to wait for the model to load "
-                                                                        "(above 0); default grows with the model's "
-                                                                        "size")]
+LoadTimeout = Annotated[float | None, Field(gt=0, le=86400, description="seconds a load may go without a new "
+                                                                        "log line before it counts as stuck (above 0); "
+                                                                        "default grows with the model's size")]
 GpuSizes = Annotated[str | None, Field(
     pattern=r"^[0-9A-Za-z., ]{0,80}$",
     description="declared GPU sizes in CUDA order, e.g. '24GiB,16GiB', or 'none' for CPU only; "
