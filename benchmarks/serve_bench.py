@@ -6,8 +6,8 @@ Three measurements, each side by side in one run (this machine is noisy, so rati
    router. Time to first token (TTFT, p50 and p95) and decode tokens/s (tokens after the first,
    over the time after the first).
 2. **Swap cost**: with room for one model, alternate A and B from one client. For each swap: B's
-   first token through the endpoint minus B's own cold start (launch to /health 200, then its
-   first token warm). Serve's cold start is measured with the same launch (Runtime.start_model).
+   first token through the endpoint minus B's own cold start: a bare launch of the same argv to
+   /health 200 (polled every 10 ms), then its first token.
 3. **Alternating run**: 4 clients x R requests over 3 models, room for 2. Swaps, failures, the
    longest wait. Serve reports its swaps; for the router we count the model processes it spawns.
 
@@ -118,10 +118,12 @@ class Router:
 
 def overhead(conf: Path, endpoint: Endpoint, router: Router, n_requests: int) -> dict[str, Any]:
     runtime = Runtime(load_config(conf))
-    assert endpoint.complete("demo").status_code == 200
+    warm = endpoint.complete("demo")
+    assert warm.status_code == 200, warm.text
     direct = next(i for i in runtime.status().instances if i.profile == "demo" and i.status == "ready").url
     stream_once(router.url, "demo", "warm up", 4)
-    paths = {"direct": direct, "serve": endpoint.url, "router": router.url}
+    # "direct-again" is the same direct path measured as its own series: the noise floor (A/A).
+    paths = {"direct": direct, "serve": endpoint.url, "router": router.url, "direct-again": direct}
     ttft: dict[str, list[float]] = {k: [] for k in paths}
     rate: dict[str, list[float]] = {k: [] for k in paths}
     for i in range(n_requests):
@@ -134,24 +136,42 @@ def overhead(conf: Path, endpoint: Endpoint, router: Router, n_requests: int) ->
     for name in paths:
         out[name] = {"ttft_p50_ms": pct(ttft[name], 0.5) * 1e3, "ttft_p95_ms": pct(ttft[name], 0.95) * 1e3,
                      "decode_tps_median": statistics.median(rate[name])}
-    for name in ("serve", "router"):
+    for name in ("serve", "router", "direct-again"):
         deltas = [a - b for a, b in zip(ttft[name], ttft["direct"])]
-        out[name]["ttft_added_p50_ms"] = pct(deltas, 0.5) * 1e3
-        out[name]["ttft_added_p95_ms"] = pct(deltas, 0.95) * 1e3
+        out[name]["ttft_paired_delta_p50_ms"] = pct(deltas, 0.5) * 1e3
+        out[name]["ttft_added_p50_ms"] = (pct(ttft[name], 0.5) - pct(ttft["direct"], 0.5)) * 1e3
+        out[name]["ttft_added_p95_ms"] = (pct(ttft[name], 0.95) - pct(ttft["direct"], 0.95)) * 1e3
         ratios = [a / b for a, b in zip(rate[name], rate["direct"])]
         out[name]["decode_ratio_median"] = statistics.median(ratios)
     return out
 
 
-def cold_start(conf: Path, profile: str) -> float:
-    """Launch to ready, then the first token warm: what B costs with nobody in the way."""
-    runtime = Runtime(load_config(conf))
+def cold_start(conf: Path, profile: str, engine: str) -> float:
+    """A bare launch of the profile's argv to /health 200 (polled every 10 ms, as a script would),
+    then its first token: what B costs with nobody in the way and no manager at all."""
+    from mcp_server.engine.argv import launch_spec
+
+    config = load_config(conf)
+    port = free_port()
+    spec = launch_spec(config.profile(profile), config, engine=engine, port=port)
+    url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
-    view = runtime.start_model(profile)
-    ready = time.perf_counter() - t0
-    ttft, _, _ = stream_once(view.url, profile, "x", 2)
-    runtime.stop_model(profile)
-    return ready + ttft
+    proc = subprocess.Popen(spec.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **spec.env})
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        ready = time.perf_counter() - t0
+        ttft, _, _ = stream_once(url, profile, "x", 2)
+        return ready + ttft
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def swap_cost(conf: Path, url: str, rounds: int, cold: dict[str, float]) -> dict[str, Any]:
@@ -199,6 +219,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-client", type=int, default=12)
     parser.add_argument("--max-wait", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from mcp_server.setup.bootstrap import demo_model_cache_path
@@ -209,6 +230,7 @@ def main() -> None:
         demo = ROOT / "models" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     os.environ["LLAMA_PILOT_HOME"] = str(work / "home")
+    os.environ["LLAMA_SERVER"] = engine  # the fresh home has no engine of its own
     conf = write_project(work / "proj", demo)
     sizes = footprints(conf)
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "engine": engine,
@@ -230,9 +252,10 @@ def main() -> None:
         ep.stop()
         Runtime(load_config(conf)).stop_model("all")
     # 2. swap cost: room for one
-    cold = {m: statistics.median(cold_start(conf, m) for _ in range(3)) for m in ("syn-a", "syn-b")}
+    cold = {m: statistics.median(cold_start(conf, m, engine) for _ in range(3)) for m in ("syn-a", "syn-b")}
     results["cold_start_s"] = cold
-    ep = run_serve(1)
+    set_global(conf, SERVE_MEMORY_BUDGET=f"{max(sizes['syn-a'], sizes['syn-b']) + 1:.0f}MiB")
+    ep = Endpoint(conf, work / "serve.log").start()
     try:
         results["swap_serve"] = swap_cost(conf, ep.url, args.rounds, cold)
     finally:
@@ -243,23 +266,35 @@ def main() -> None:
         results["swap_router"] = swap_cost(conf, router.url, args.rounds, cold)
     finally:
         router.close()
-    # 3. alternating, room for two
-    ep = run_serve(2)
-    try:
-        results["alternating_serve"] = alternating(ep.url, 4, args.per_client)
-        status = ep.status()
-        results["alternating_serve"]["swaps"] = status["counters"]["swaps"]
-        results["alternating_serve"]["loads"] = status["counters"]["loads"]
-    finally:
-        ep.stop()
-        Runtime(load_config(conf)).stop_model("all")
-    router = Router(engine, conf, 2, work / "router.log")
-    try:
-        before = len(router.spawned)
-        results["alternating_router"] = alternating(router.url, 4, args.per_client)
-        results["alternating_router"]["loads"] = len(router.spawned) - before
-    finally:
-        router.close()
+    # 3. alternating, room for two; repeated, serve and router interleaved (the machine drifts)
+    for name in ("serve", "router"):
+        results[f"alternating_{name}_runs"] = []
+    for _ in range(args.repeats):
+        ep = run_serve(2)
+        try:
+            run = alternating(ep.url, 4, args.per_client)
+            counters = ep.status()["counters"]
+            run.update(swaps=counters["swaps"], loads=counters["loads"])
+            results["alternating_serve_runs"].append(run)
+        finally:
+            ep.stop()
+            Runtime(load_config(conf)).stop_model("all")
+        router = Router(engine, conf, 2, work / "router.log")
+        try:
+            before = len(router.spawned)
+            run = alternating(router.url, 4, args.per_client)
+            run["loads"] = len(router.spawned) - before
+            results["alternating_router_runs"].append(run)
+        finally:
+            router.close()
+    for name in ("serve", "router"):
+        runs = results[f"alternating_{name}_runs"]
+        results[f"alternating_{name}"] = {
+            "requests": sum(r["requests"] for r in runs), "failures": sum(r["failures"] for r in runs),
+            "loads": statistics.median(r["loads"] for r in runs),
+            "longest_s": statistics.median(r["longest_s"] for r in runs),
+            "p50_s": statistics.median(r["p50_s"] for r in runs),
+            "total_s": statistics.median(r["total_s"] for r in runs)}
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(report(results, args))
@@ -270,24 +305,30 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"# `llama-pilot serve` vs direct llama-server vs llama.cpp router mode ({r['date']})", "",
              f"Machine: {r['machine']}; engine `{Path(r['engine']).name}` (same build for all three); models: the demo "
              f"model and two random-weight models, CPU. Command: `python benchmarks/serve_bench.py --requests "
-             f"{args.requests} --rounds {args.rounds} --per-client {args.per_client} --max-wait {args.max_wait}`.", "",
+             f"{args.requests} --rounds {args.rounds} --per-client {args.per_client} --max-wait {args.max_wait} --repeats "
+             f"{args.repeats}`.", "",
              f"## Overhead ({args.requests} streamed requests each, interleaved, 32 tokens)", "",
-             "| path | TTFT p50 ms | TTFT p95 ms | added TTFT p50 ms | added TTFT p95 ms | decode t/s | decode ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name in ("direct", "serve", "router"):
+             "`added` = this path's percentile minus the direct path's; `direct-again` is the direct path measured "
+             "as a second series in the same loop, so its row is this machine's noise floor.", "",
+             "| path | TTFT p50 ms | TTFT p95 ms | added p50 ms | added p95 ms | paired delta p50 ms | decode t/s "
+             "| decode ratio |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in ("direct", "serve", "router", "direct-again"):
         x = o[name]
         lines.append(f"| {name} | {x['ttft_p50_ms']:.1f} | {x['ttft_p95_ms']:.1f} | "
                      f"{x.get('ttft_added_p50_ms', 0):+.2f} | {x.get('ttft_added_p95_ms', 0):+.2f} | "
+                     f"{x.get('ttft_paired_delta_p50_ms', 0):+.2f} | "
                      f"{x['decode_tps_median']:.1f} | {x.get('decode_ratio_median', 1):.3f} |")
-    lines += ["", f"## Swap cost (room for one model, {args.rounds} swaps, one client)", "",
-              "Cold start (launch to ready + first token), median of 3: "
+    lines += ["", f"## Swap cost (room for one of syn-a / syn-b, {args.rounds} swaps, one client)", "",
+              "Cold start (a bare launch to /health 200, polled every 10 ms, + first token), median of 3: "
               + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["cold_start_s"].items()) + ".", "",
               "| path | first token after a swap, p50 s | swap cost p50 ms | swap cost max ms |", "| --- | --- | --- | --- |"]
     for name in ("serve", "router"):
         x = r[f"swap_{name}"]
         lines.append(f"| {name} | {x['swap_first_token_p50_s']:.3f} | {x['swap_cost_p50_ms']:.0f} | "
                      f"{x['swap_cost_max_ms']:.0f} |")
-    lines += ["", f"## Alternating run (4 clients x {args.per_client} requests over 3 models, room for 2)", "",
+    lines += ["", f"## Alternating run (4 clients x {args.per_client} requests over 3 models, room for 2; median of "
+              f"{args.repeats} runs each, interleaved; failures and requests summed)", "",
               "| path | requests | failures | loads | longest wait s | p50 s | total s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in ("serve", "router"):
         x = r[f"alternating_{name}"]

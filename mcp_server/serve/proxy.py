@@ -80,6 +80,7 @@ class Relay:
         self.scheduler = scheduler
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(
             max_connections=None, max_keepalive_connections=64))
+        self._warming: set[asyncio.Future[None]] = set()
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
@@ -145,6 +146,19 @@ class Relay:
         finally:
             await upstream.aclose()
             self.scheduler.release(lease)
+            self._warm(lease.base_url)
+
+    def _warm(self, base_url: str) -> None:
+        """llama-server closes the connection after a streamed answer, so the next request would
+        open one on its critical path (a millisecond and more through httpx on a busy CPU). A
+        /health call now leaves an idle keep-alive connection in the pool for it instead."""
+        async def warm() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.get(base_url + "/health", timeout=2.0)
+
+        task = asyncio.ensure_future(warm())
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     def _early_stream(self, request: Request, profile: str, path: str, body: bytes,
                       headers: list[tuple[str, str]]) -> StreamingResponse:
