@@ -331,3 +331,38 @@ def test_cli_says_how_to_install_textual(monkeypatch: pytest.MonkeyPatch) -> Non
     result = CliRunner().invoke(cli, ["dashboard"])
     assert result.exit_code == 1
     assert "pip install 'llama-pilot[tui]'" in result.output
+
+
+@pytest.mark.engine
+def test_the_endpoints_queue_and_swaps_are_shown(tmp_path: Path, demo_gguf: Path, engine_path: str) -> None:
+    """With `serve` running, the panel under the system figures shows its models, queues and swaps."""
+    from mcp_server.dashboard.app import Dashboard, Panel
+    from mcp_server.monitoring.gpu import NVML_ERROR_DRIVER_NOT_LOADED, FakeNvml
+    from mcp_server.monitoring.sampler import Sampler
+
+    from .serve_helpers import Endpoint, footprints, set_global, stop_everything, write_project
+
+    conf = write_project(tmp_path / "serveproj", demo_gguf)
+    sizes = footprints(conf)
+    set_global(conf, SERVE_MEMORY_BUDGET=f"{sizes['syn-a'] + sizes['syn-b'] - 1:.0f}MiB")  # one syn model at a time
+    endpoint = Endpoint(conf, tmp_path / "serve.log").start()
+    try:
+        assert endpoint.complete("syn-a").status_code == 200
+        assert endpoint.complete("syn-b").status_code == 200  # unloads syn-a
+        sampler = Sampler(interval_s=0.2, gpu_source=FakeNvml(init_error=NVML_ERROR_DRIVER_NOT_LOADED),
+                          registry=Registry())
+        app = Dashboard(load_config(conf), sampler=sampler, interval_s=0.2, picker_when_idle=False)
+
+        async def flow() -> None:
+            async with app.run_test(size=(140, 50)) as pilot:
+                panel = app.main.query_one("#serve", Panel)
+                await until(pilot, lambda: "Endpoint" in panel.plain, "the endpoint panel", timeout=20)
+                assert endpoint.url in panel.plain
+                assert "syn-b" in panel.plain and "ready" in panel.plain
+                assert "load syn-b for syn-a: unused" in panel.plain
+                await pilot.press("d")  # leave: the endpoint's models stay loaded
+
+        asyncio.run(flow())
+    finally:
+        endpoint.stop()
+        stop_everything(conf)
