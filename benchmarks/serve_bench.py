@@ -226,11 +226,16 @@ def alternating(url: str, clients: int, per_client: int) -> dict[str, Any]:
             for j in range(per_client):
                 model = PROFILES[(i + j) % 3]
                 t0 = time.perf_counter()
-                r = http.post(url + "/v1/completions", json={"model": model, "prompt": f"{i}/{j}", "max_tokens": 3})
+                try:
+                    r = http.post(url + "/v1/completions", json={"model": model, "prompt": f"{i}/{j}",
+                                                                 "max_tokens": 3})
+                    failure = None if r.status_code == 200 else f"{model}: {r.status_code} {r.text[:120]}"
+                except httpx.HTTPError as exc:  # a dropped connection is a failed request, not a crash
+                    failure = f"{model}: {type(exc).__name__}: {exc}"
                 with lock:
                     waits.append(time.perf_counter() - t0)
-                    if r.status_code != 200:
-                        failures.append(f"{model}: {r.status_code} {r.text[:120]}")
+                    if failure:
+                        failures.append(failure)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]

@@ -349,3 +349,49 @@ def test_claude_code_messages_with_tools_through_the_endpoint(project: Path, end
     assert counted.status_code == 200 and counted.json()["input_tokens"] > 20
     unauthorized = httpx.post(endpoint.url + "/v1/messages", json=body, timeout=10)
     assert unauthorized.status_code == 401
+
+
+def test_policy_ttl_pin_priority_and_samplers(project: Path, endpoint: Endpoint) -> None:
+    from mcp_server.profiles.config import load_config
+    from mcp_server.profiles.edits import create_profile, update_profile
+
+    sizes = footprints(project)
+    # room for demo and one syn model
+    set_global(project, SERVE_MEMORY_BUDGET=f"{sizes['demo'] + max(sizes['syn-a'], sizes['syn-b']) + 1:.0f}MiB",
+               SERVE_MAX_WAIT="0.5")
+    update_profile(load_config(project), "syn-a", set={"PRIORITY": "-1", "IDLE_TTL": "2"})
+    update_profile(load_config(project), "demo", set={"PIN": "on", "TEMP": "0", "SAMPLERS": "profile"})
+    create_profile(load_config(project), "demo-free", {"MODEL": "gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
+                                                       "CTX_SIZE": "512", "TEMP": "0"})
+    endpoint.start()
+    # SAMPLERS=profile: the client's temperature and seed are stripped, the profile's greedy TEMP=0 holds.
+    hot = [endpoint.complete("demo", max_tokens=12, temperature=5.0, seed=s).json()["choices"][0]["text"]
+           for s in (1, 2, 3)]
+    assert len(set(hot)) == 1
+    assert endpoint.complete("demo", max_tokens=12, temperature=0).json()["choices"][0]["text"] == hot[0]
+    # PIN: demo is never the one to go. syn-b then syn-a (lower priority, used last) are loaded in turn:
+    # each unloads the other, never demo.
+    assert endpoint.complete("syn-b").status_code == 200
+    assert endpoint.complete("syn-a").status_code == 200
+    swap = endpoint.status()["swaps"][-1]
+    assert swap["profile"] == "syn-a" and swap["unloaded"] == ["syn-b"]
+    # demo-free needs demo's room: demo is pinned, so only the syn model can go, and that is not enough.
+    blocked = endpoint.complete("demo-free")
+    assert blocked.status_code == 503 and "pinned" in blocked.json()["error"]["message"]
+    assert "demo" in blocked.json()["error"]["message"]
+    # unpinned through the control route, demo goes (the other resident, syn-a, has the lower priority
+    # but freeing it would not be enough).
+    assert httpx.post(endpoint.url + "/llama-pilot/pin", json={"profile": "demo", "pinned": False},
+                      timeout=10).status_code == 200
+    freed = endpoint.complete("demo-free")
+    assert freed.status_code == 200
+    assert "demo" in endpoint.status()["swaps"][-1]["unloaded"]
+    # IDLE_TTL=2: syn-a goes by itself once idle for 2 s (if it is still loaded)
+    assert endpoint.complete("syn-b").status_code == 200
+    assert endpoint.complete("syn-a").status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _model(endpoint, "syn-a")["state"] == "ready":
+        time.sleep(0.2)
+    assert _model(endpoint, "syn-a")["state"] == "absent"
+    assert any(s["action"] == "unload" and s["profile"] == "syn-a" and s["reason"] == "idle-ttl"
+               for s in endpoint.status()["swaps"])

@@ -934,7 +934,7 @@ def _overlap(a: list[int] | None, b: list[int] | None) -> bool:
 def _wait_port_free(port: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not port_is_free(port):
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def _wait_gpu_release(pid: int | None, timeout_s: float) -> None:
