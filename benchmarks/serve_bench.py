@@ -254,20 +254,35 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=12)
     parser.add_argument("--max-wait", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs per side")
+    parser.add_argument("--parts", default="overhead,swap,alternating",
+                        help="which measurements (the host budgets of swap and alternating assume no GPU)")
+    parser.add_argument("--demo", help="the model behind the 'demo' profile: a GGUF path, or 'synthetic'")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     from mcp_server.setup.bootstrap import demo_model_cache_path
 
     engine = locate_engine().path
-    demo = demo_model_cache_path()
-    if not demo.is_file():
-        demo = ROOT / "models" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    if args.demo == "synthetic":  # a machine without the demo model (the GPU machine): a 0.27B random one
+        from mcp_server.model_files.synthetic import F16, DenseShape, write_dense
+
+        demo = write_dense(work / "synthetic-270m.gguf", DenseShape(n_layer=12, n_embd=1024, n_head=8, n_head_kv=4,
+                                                                    n_ff=4096, extra_vocab=30000, weight_type=F16),
+                           dtype="f16", name="synthetic-270m")
+    elif args.demo:
+        demo = Path(args.demo)
+    else:
+        demo = demo_model_cache_path()
+        if not demo.is_file():
+            demo = ROOT / "models" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
     os.environ["LLAMA_PILOT_HOME"] = str(work / "home")
     os.environ["LLAMA_SERVER"] = engine  # the fresh home has no engine of its own
     conf = write_project(work / "proj", demo)
     sizes = footprints(conf)
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "engine": engine,
+    # The engine's install folder names the build and backend (llama.cpp-b11434-cpu); the path is this machine's.
+    engine_name = Path(engine).parent.parent.name if Path(engine).parent.name == "bin" else Path(engine).name
+    results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "engine": engine_name,
                                "footprints_mib": sizes, "date": time.strftime("%Y-%m-%d")}
 
     def run_serve(budget_models: int) -> Endpoint:
@@ -277,14 +292,31 @@ def main() -> None:
         return Endpoint(conf, work / "serve.log").start()
 
     # 1. overhead (room for everything, so nothing swaps)
+    if "overhead" in parts:
+        measure_overhead(results, conf, run_serve, engine, work, args.requests)
+    if "swap" in parts:
+        measure_swaps(results, conf, sizes, engine, work, args.rounds)
+    if "alternating" in parts:
+        measure_alternating(results, conf, run_serve, engine, work, args)
+    print(json.dumps(results, indent=2))
+    if args.out:
+        args.out.write_text(report(results, args))
+
+
+def measure_overhead(results: dict[str, Any], conf: Path, run_serve: Any, engine: str, work: Path,
+                     requests: int) -> None:
     ep = run_serve(3)
     router = Router(engine, conf, 3, work / "router.log")
     try:
-        results["overhead"] = overhead(conf, ep, router, args.requests)
+        results["overhead"] = overhead(conf, ep, router, requests)
     finally:
         router.close()
         ep.stop()
         Runtime(load_config(conf)).stop_model("all")
+
+
+def measure_swaps(results: dict[str, Any], conf: Path, sizes: dict[str, float], engine: str, work: Path,
+                  rounds: int) -> None:
     # 2. swap cost: room for one
     cold = {m: statistics.median(cold_start(conf, m, engine) for _ in range(3)) for m in ("syn-a", "syn-b")}
     results["cold_start_s"] = cold
@@ -293,15 +325,19 @@ def main() -> None:
     set_global(conf, SERVE_MEMORY_BUDGET=f"{max(sizes['syn-a'], sizes['syn-b']) + 1:.0f}MiB")
     ep = Endpoint(conf, work / "serve.log").start()
     try:
-        results["swap_serve"] = swap_cost(conf, ep.url, args.rounds, cold)
+        results["swap_serve"] = swap_cost(conf, ep.url, rounds, cold)
     finally:
         ep.stop()
         Runtime(load_config(conf)).stop_model("all")
     router = Router(engine, conf, 1, work / "router.log")
     try:
-        results["swap_router"] = swap_cost(conf, router.url, args.rounds, cold)
+        results["swap_router"] = swap_cost(conf, router.url, rounds, cold)
     finally:
         router.close()
+
+
+def measure_alternating(results: dict[str, Any], conf: Path, run_serve: Any, engine: str, work: Path,
+                        args: argparse.Namespace) -> None:
     # 3. alternating, room for two; repeated, serve and router interleaved (the machine drifts)
     for name in ("serve", "router"):
         results[f"alternating_{name}_runs"] = []
@@ -331,49 +367,55 @@ def main() -> None:
             "longest_s": statistics.median(r["longest_s"] for r in runs),
             "p50_s": statistics.median(r["p50_s"] for r in runs),
             "total_s": statistics.median(r["total_s"] for r in runs)}
-    print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.write_text(report(results, args))
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
-    o = r["overhead"]
+    command = (f"python benchmarks/serve_bench.py --requests {args.requests} --rounds {args.rounds} --per-client "
+               f"{args.per_client} --max-wait {args.max_wait} --repeats {args.repeats} --parts {args.parts}"
+               + (f" --demo {args.demo}" if args.demo else ""))
     lines = [f"# `llama-pilot serve` vs direct llama-server vs llama.cpp router mode ({r['date']})", "",
-             f"Machine: {r['machine']}; engine `{Path(r['engine']).name}` (same build for all three); models: the demo "
-             f"model and two random-weight models, CPU. Command: `python benchmarks/serve_bench.py --requests "
-             f"{args.requests} --rounds {args.rounds} --per-client {args.per_client} --max-wait {args.max_wait} --repeats "
-             f"{args.repeats}`.", "",
-             f"## Overhead ({args.requests} streamed requests each, interleaved, 32 tokens)", "",
-             "`added` = this path's percentile minus the direct path's; `direct-again` is the direct path measured "
-             "as a second series in the same loop, so its row is this machine's noise floor.", "",
-             "| path | TTFT p50 ms | TTFT p95 ms | added p50 ms | added p95 ms | paired delta p50 ms | decode t/s "
-             "| decode ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name in ("direct", "serve", "router", "direct-again"):
-        x = o[name]
-        lines.append(f"| {name} | {x['ttft_p50_ms']:.1f} | {x['ttft_p95_ms']:.1f} | "
-                     f"{x.get('ttft_added_p50_ms', 0):+.2f} | {x.get('ttft_added_p95_ms', 0):+.2f} | "
-                     f"{x.get('ttft_paired_delta_p50_ms', 0):+.2f} | "
-                     f"{x['decode_tps_median']:.1f} | {x.get('decode_ratio_median', 1):.3f} |")
-    lines += ["", f"## Swap cost (room for one of syn-a / syn-b, {args.rounds} swaps, one client)", "",
-              "Cold start (a bare launch to /health 200, polled every 10 ms, + first token), median of 3: "
-              + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["cold_start_s"].items()) + ".", "",
-              f"Readiness: serve loads through `Runtime`, which sees `/health` 200 a median "
-              f"{r['readiness_lag_ms']['p50']:.1f} ms (max {r['readiness_lag_ms']['max']:.1f} ms, "
-              f"{r['readiness_lag_ms']['runs']} loads) after a watcher polling every millisecond saw it.", "",
-              "| path | first token after a swap, p50 s | swap cost p50 ms | swap cost max ms |", "| --- | --- | --- | --- |"]
-    for name in ("serve", "router"):
-        x = r[f"swap_{name}"]
-        lines.append(f"| {name} | {x['swap_first_token_p50_s']:.3f} | {x['swap_cost_p50_ms']:.0f} | "
-                     f"{x['swap_cost_max_ms']:.0f} |")
-    lines += ["", f"## Alternating run (4 clients x {args.per_client} requests over 3 models, room for 2; median of "
-              f"{args.repeats} runs each, interleaved; failures and requests summed)", "",
-              "| path | requests | failures | loads | longest wait s | p50 s | total s |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name in ("serve", "router"):
-        x = r[f"alternating_{name}"]
-        lines.append(f"| {name} | {x['requests']} | {x['failures']} | {x['loads']} | {x['longest_s']:.2f} | "
-                     f"{x['p50_s']:.3f} | {x['total_s']:.1f} |")
-    lines += ["", "Raw figures:", "", "```json", json.dumps(r, indent=2), "```", ""]
+             f"Machine: {r['machine']}; engine `{r['engine']}` (the same build for all three); models: "
+             f"{'the demo model' if not args.demo else 'a synthetic 0.27B F16 model'} and two random-weight models. "
+             f"Command: `{command}`.", ""]
+    if "overhead" in r:
+        o = r["overhead"]
+        lines += [f"## Overhead ({args.requests} streamed requests each, interleaved, 32 tokens)", "",
+                  "`added` = this path's percentile minus the direct path's; `direct-again` is the direct path "
+                  "measured as a second series in the same loop, so its row is this machine's noise floor.", "",
+                  "| path | TTFT p50 ms | TTFT p95 ms | added p50 ms | added p95 ms | paired delta p50 ms | "
+                  "decode t/s | decode ratio |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name in ("direct", "serve", "router", "direct-again"):
+            x = o[name]
+            lines.append(f"| {name} | {x['ttft_p50_ms']:.1f} | {x['ttft_p95_ms']:.1f} | "
+                         f"{x.get('ttft_added_p50_ms', 0):+.2f} | {x.get('ttft_added_p95_ms', 0):+.2f} | "
+                         f"{x.get('ttft_paired_delta_p50_ms', 0):+.2f} | {x['decode_tps_median']:.1f} | "
+                         f"{x.get('decode_ratio_median', 1):.3f} |")
+        lines.append("")
+    if "swap_serve" in r:
+        lag = r["readiness_lag_ms"]
+        lines += [f"## Swap cost (room for one of syn-a / syn-b, {args.rounds} swaps, one client)", "",
+                  "Cold start (a bare launch to /health 200, polled every 10 ms, + first token), median of 3: "
+                  + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r["cold_start_s"].items()) + ".", "",
+                  f"Readiness: serve loads through `Runtime`, which sees `/health` 200 a median {lag['p50']:.1f} ms "
+                  f"(max {lag['max']:.1f} ms, {lag['runs']} loads) after a watcher polling every millisecond saw it.",
+                  "", "| path | first token after a swap, p50 s | swap cost p50 ms | swap cost max ms |",
+                  "| --- | --- | --- | --- |"]
+        for name in ("serve", "router"):
+            x = r[f"swap_{name}"]
+            lines.append(f"| {name} | {x['swap_first_token_p50_s']:.3f} | {x['swap_cost_p50_ms']:.0f} | "
+                         f"{x['swap_cost_max_ms']:.0f} |")
+        lines.append("")
+    if "alternating_serve" in r:
+        lines += [f"## Alternating run (4 clients x {args.per_client} requests over 3 models, room for 2; median of "
+                  f"{args.repeats} runs each, interleaved; failures and requests summed)", "",
+                  "| path | requests | failures | loads | longest wait s | p50 s | total s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name in ("serve", "router"):
+            x = r[f"alternating_{name}"]
+            lines.append(f"| {name} | {x['requests']} | {x['failures']} | {x['loads']} | {x['longest_s']:.2f} | "
+                         f"{x['p50_s']:.3f} | {x['total_s']:.1f} |")
+        lines.append("")
+    lines += ["Raw figures:", "", "```json", json.dumps(r, indent=2), "```", ""]
     return "\n".join(lines)
 
 
