@@ -35,6 +35,9 @@ written for the person or agent reading it and says what to do next. Codes in br
     ├── ServeError [serve]                        the endpoint cannot start or be reached (serve.policy)
     │   ├── ServeNotRunning [serve-not-running]
     │   └── ServeRefused [serve-refused]          a public address without a key, a second endpoint, a taken port
+    ├── HubError [hub]                            the Hugging Face hub cannot be reached or refused (hub.client)
+    │   ├── RepoNotFound [repo-not-found]
+    │   └── RepoGated [repo-gated]                401/403: a gated repo without (or with a refused) HF_TOKEN
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
 

@@ -1,0 +1,152 @@
+"""A fake Hugging Face hub: a real HTTP server on loopback (Starlette on uvicorn) with the parts of
+the hub's API llama-pilot uses, over files on disk, and switches for the faults tests need."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class FakeRepo:
+    files: dict[str, Path]
+    gated: bool = False
+    commit: str = "0123456789abcdef0123456789abcdef01234567"
+    downloads: int = 0
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, FakeRepo] = field(default_factory=dict)
+    token: str = "hf_good"
+    ignore_range: bool = False
+    page_size: int = 3
+    range_requests: int = 0
+    bytes_sent: int = 0
+    url: str = ""
+
+    def _repo(self, request: Request) -> tuple[str, FakeRepo | None, Response | None]:
+        name = f"{request.path_params['owner']}/{request.path_params['name']}"
+        repo = self.repos.get(name)
+        if repo is None:
+            return name, None, JSONResponse({"error": "Repository not found"}, status_code=404)
+        if repo.gated and request.headers.get("authorization") != f"Bearer {self.token}":
+            return name, None, JSONResponse({"error": "Access to this model is restricted"}, status_code=401)
+        return name, repo, None
+
+    async def search(self, request: Request) -> Response:
+        query = request.query_params.get("search", "").lower()
+        hits = [{"id": name, "downloads": r.downloads, "likes": 1, "lastModified": "2026-11-30T10:00:00.000Z"}
+                for name, r in self.repos.items() if query in name.lower()]
+        return JSONResponse(sorted(hits, key=lambda h: -h["downloads"]))
+
+    async def revision(self, request: Request) -> Response:
+        name, repo, refusal = self._repo(request)
+        if refusal:
+            return refusal
+        assert repo is not None
+        return JSONResponse({"id": name, "sha": repo.commit, "gated": "manual" if repo.gated else False,
+                             "siblings": [{"rfilename": p} for p in repo.files]})
+
+    async def tree(self, request: Request) -> Response:
+        name, repo, refusal = self._repo(request)
+        if refusal:
+            return refusal
+        assert repo is not None
+        paths = sorted(repo.files)
+        start = int(request.query_params.get("cursor", "0"))
+        entries = []
+        for path in paths[start:start + self.page_size]:
+            size = repo.files[path].stat().st_size
+            entries.append({"type": "file", "path": path, "size": size, "oid": "git-oid",
+                            "lfs": {"oid": _sha256(repo.files[path]), "size": size, "pointerSize": 134}})
+        headers = {}
+        if start + self.page_size < len(paths):
+            headers["Link"] = (f'<{self.url}/api/models/{name}/tree/{request.path_params["revision"]}?recursive=true'
+                               f'&cursor={start + self.page_size}>; rel="next"')
+        return JSONResponse(entries, headers=headers)
+
+    async def resolve(self, request: Request) -> Response:
+        name, repo, refusal = self._repo(request)
+        if refusal:
+            return refusal
+        assert repo is not None
+        path = repo.files.get(request.path_params["path"])
+        if path is None:
+            return JSONResponse({"error": "Entry not found"}, status_code=404)
+        size = path.stat().st_size
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{_sha256(path)}"', "X-Repo-Commit": repo.commit,
+                   "X-Linked-Size": str(size)}
+        wanted = request.headers.get("range")
+        if request.method == "HEAD":
+            return Response(headers={**headers, "Content-Length": str(size)})
+        if wanted and not self.ignore_range:
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            lo, hi = int(first), min(int(last) if last else size - 1, size - 1)
+            with open(path, "rb") as f:
+                f.seek(lo)
+                data = f.read(hi - lo + 1)
+            self.range_requests += 1
+            self.bytes_sent += len(data)
+            return Response(data, status_code=206, headers={**headers, "Content-Range": f"bytes {lo}-{hi}/{size}"})
+        data = path.read_bytes()
+        self.bytes_sent += len(data)
+        return Response(data, headers=headers)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/api/models", self.search),
+            Route("/api/models/{owner}/{name}/revision/{revision:path}", self.revision),
+            Route("/api/models/{owner}/{name}/tree/{revision:path}", self.tree),
+            Route("/{owner}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
+        ])
+
+
+_HASHES: dict[tuple[str, float], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    key = (str(path), path.stat().st_mtime)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+class Running:
+    """The hub served on a free loopback port in a thread, until ``stop``."""
+
+    def __init__(self, hub: FakeHub) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        hub.url = f"http://127.0.0.1:{port}"
+        self.hub = hub
+        self.server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+def running(hub: FakeHub) -> Any:
+    return Running(hub)

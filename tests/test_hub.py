@@ -1,0 +1,95 @@
+"""The hub client and quant listing against a fake hub: a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mcp_server.hub.client import HubClient, HubError, RepoGated, RepoNotFound
+from mcp_server.hub.quants import list_quants, pick, split_spec
+from mcp_server.model_files.synthetic import DenseShape, write_dense
+
+from .fake_hub import FakeHub, FakeRepo, Running
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[FakeHub]:
+    files = tmp_path / "hubfiles"
+    small = write_dense(files / "m-Q8_0.gguf", DenseShape(), seed=1)
+    shards = {}
+    for i in (1, 2, 3):
+        shards[f"UD-Q4_K_XL/M-UD-Q4_K_XL-{i:05d}-of-00003.gguf"] = write_dense(
+            files / f"shard{i}.gguf", DenseShape(), seed=i)
+    readme = files / "README.md"
+    readme.write_text("# M\nTemperature 0.6\n")
+    hub = FakeHub(repos={
+        "org/M-GGUF": FakeRepo(files={"M-Q8_0.gguf": small, "M-Q4_K_M.gguf": small, **shards,
+                                      "mmproj-M-F16.gguf": small, "README.md": readme, "imatrix.dat": readme},
+                               downloads=500),
+        "org/Broken-GGUF": FakeRepo(files={"B-Q4_K_M-00001-of-00002.gguf": small}),
+        "org/Gated-GGUF": FakeRepo(files={"G-Q4_K_M.gguf": small}, gated=True, downloads=10),
+        "org/Plain": FakeRepo(files={"model.safetensors": readme, "README.md": readme}),
+    })
+    server = Running(hub)
+    yield hub
+    server.stop()
+
+
+def test_quants_are_grouped_with_shards_sizes_kinds_and_card(hub: FakeHub) -> None:
+    with HubClient(hub.url) as client:
+        quants = list_quants("org/M-GGUF", client)
+    by_tag = {s.tag: s for s in quants.sets if s.kind == "model"}
+    assert set(by_tag) == {"Q8_0", "Q4_K_M", "UD-Q4_K_XL"}
+    split = by_tag["UD-Q4_K_XL"]
+    assert split.shards == 3 and len(split.files) == 3 and not split.missing
+    assert split.total_bytes == sum(p.stat().st_size for n, p in hub.repos["org/M-GGUF"].files.items() if "UD" in n)
+    kinds = {s.kind for s in quants.sets}
+    assert kinds == {"model", "mmproj", "imatrix"}
+    assert quants.card == "README.md" and quants.commit == hub.repos["org/M-GGUF"].commit
+    assert pick(quants, "ud-q4_k_xl") is split
+    with pytest.raises(HubError, match="it has: .*Q8_0"):
+        pick(quants, "IQ2_XXS")
+
+
+def test_a_split_with_a_shard_missing_on_the_hub(hub: FakeHub) -> None:
+    with HubClient(hub.url) as client:
+        quants = list_quants("org/Broken-GGUF", client)
+    with pytest.raises(HubError, match="B-Q4_K_M-00002-of-00002.gguf missing"):
+        pick(quants, "Q4_K_M")
+
+
+def test_errors_name_the_endpoint_and_the_fix(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with HubClient(hub.url) as client:
+        with pytest.raises(RepoNotFound, match=f"org/Nope-GGUF was not found on {hub.url}"):
+            list_quants("org/Nope-GGUF", client)
+        with pytest.raises(RepoGated, match="HF_TOKEN"):
+            list_quants("org/Gated-GGUF", client)
+        with pytest.raises(HubError, match="has no GGUF"):
+            list_quants("org/Plain", client)
+        with pytest.raises(HubError, match="not a Hugging Face repo id"):
+            list_quants("../../etc", client)
+    monkeypatch.setenv("HF_TOKEN", "hf_good")
+    with HubClient(hub.url) as client:  # the token from the environment opens the gated repo
+        assert list_quants("org/Gated-GGUF", client).sets[0].tag == "Q4_K_M"
+    with HubClient("http://127.0.0.1:9") as client:
+        with pytest.raises(HubError, match="cannot reach the hub at http://127.0.0.1:9"):
+            client.search("x")
+
+
+def test_search_and_ranged_reads(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    with HubClient() as client:  # HF_ENDPOINT, read when the client is made
+        assert [h.repo for h in client.search("gguf")][:2] == ["org/M-GGUF", "org/Gated-GGUF"]
+        head = client.read_range("org/M-GGUF", "main", "M-Q8_0.gguf", 0, 3)
+        assert head == b"GGUF" and hub.range_requests == 1
+        hub.ignore_range = True
+        with pytest.raises(HubError, match="ignored the byte range"):
+            client.read_range("org/M-GGUF", "main", "M-Q8_0.gguf", 0, 3)
+
+
+def test_specs() -> None:
+    assert split_spec("org/M-GGUF@v2:Q4_K_M") == ("org/M-GGUF", "v2", "Q4_K_M")
+    assert split_spec("org/M-GGUF") == ("org/M-GGUF", "main", None)
