@@ -91,7 +91,7 @@ async def _both(client: Client, conf: Path, tool: str, arguments: dict[str, Any]
     return mcp_out
 
 
-async def test_every_tool_prints_the_same_object_both_ways(project: Path):
+async def test_every_tool_prints_the_same_object_both_ways(project: Path, monkeypatch: pytest.MonkeyPatch):
     conf = project
     covered: set[str] = set()
 
@@ -164,6 +164,21 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path):
                              "--gen-tokens", "4")
         assert code == 0 and set(job_cli) == set(job) and job_cli["params"] == job["params"]
         _cli(conf, "cancel-job", job_cli["id"])
+
+        # Hugging Face, through a fake hub on loopback (HF_ENDPOINT).
+        from .fake_hub import FakeHub, FakeRepo, Running
+
+        gguf = conf.parent / "models" / "gemma-3-270m" / "gemma-3-270m-q4_k_m.gguf"
+        hub = FakeHub(repos={"org/Gemma-GGUF": FakeRepo(files={"gemma-Q4_K_M.gguf": gguf}, downloads=3)})
+        served = Running(hub)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        try:
+            await both("search_models", {"query": "gemma"}, "gemma", exact=True)
+            await both("list_quants", {"repo": "org/Gemma-GGUF"}, "org/Gemma-GGUF", exact=True)
+            await both("check_fit", {"repo": "org/Gemma-GGUF:Q4_K_M", "ctx": 2048, "gpus": "none"},
+                       "org/Gemma-GGUF:Q4_K_M", "--ctx", "2048", "--gpus", "none")
+        finally:
+            served.stop()
 
         # The endpoint: started, asked, loaded, pinned, unloaded and stopped both ways.
         from mcp_server.profiles.edits import update_profile

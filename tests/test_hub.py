@@ -93,3 +93,32 @@ def test_search_and_ranged_reads(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) 
 def test_specs() -> None:
     assert split_spec("org/M-GGUF@v2:Q4_K_M") == ("org/M-GGUF", "v2", "Q4_K_M")
     assert split_spec("org/M-GGUF") == ("org/M-GGUF", "main", None)
+
+
+def test_fit_from_headers_only_matches_the_local_plan(tmp_path: Path) -> None:
+    """A 3-shard ~60 GB MoE (sparse) on the hub: the remote check reads only headers, and plans
+    exactly what plan_placement plans for the same file on disk."""
+    from mcp_server.hub.fit import check_fit
+    from mcp_server.model_files.synthetic import write_model
+    from mcp_server.placement.operations import plan_placement
+
+    shape = dict(n_layer=48, n_embd=4096, n_head=32, n_head_kv=4, head_dim=128, n_expert=128, n_expert_used=8,
+                 n_ff_expert=1536, n_ctx_train=131072, n_vocab=32000)
+    shards = write_model("moe", tmp_path / "big" / "Big-UD-Q4_K_XL", shape, sparse=True, n_shards=3)
+    total = sum(p.stat().st_size for p in shards)
+    assert total > 55 * 2**30
+    hub = FakeHub(repos={"org/Big-GGUF": FakeRepo(files={f"UD-Q4_K_XL/{p.name}": p for p in shards})})
+    server = Running(hub)
+    try:
+        with HubClient(hub.url) as client:
+            result = check_fit("org/Big-GGUF", ctx=32768, gpus="24GiB,16GiB", kv_type="q8_0", client=client)
+    finally:
+        server.stop()
+    (fit,) = result.quants
+    assert fit.tag == "UD-Q4_K_XL" and fit.error is None
+    local = plan_placement(None, str(shards[0]), ctx=32768, gpus="24GiB,16GiB", kv_type="q8_0", agent=False).plan
+    assert fit.settings == local.settings and fit.strategy == local.strategy
+    assert fit.fits == local.estimate.fits and fit.gpu_mib == [round(d.total_mib, 1) for d in local.estimate.devices]
+    assert result.header_bytes == hub.bytes_sent < 3 * 16 * 2**20  # headers only: a few MiB per shard
+    assert result.header_bytes / total < 0.001
+    assert result.recommended == "UD-Q4_K_XL" or not fit.fits

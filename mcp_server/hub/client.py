@@ -144,3 +144,20 @@ class HubClient:
             raise HubError(f"{self.endpoint} ignored the byte range for {repo}/{path} (status {response.status_code}): "
                            "reading only the header needs a server that honours Range")
         return response.content
+
+
+class SearchResult(BaseModel):
+    query: str
+    endpoint: str
+    repos: list[SearchHit]
+
+
+def search_models(query: str, limit: int = 20, client: HubClient | None = None) -> SearchResult:
+    """GGUF repos on the hub matching ``query``, most downloaded first, with their update date."""
+    own = client is None
+    client = client or HubClient()
+    try:
+        return SearchResult(query=query, endpoint=client.endpoint, repos=client.search(query, limit))
+    finally:
+        if own:
+            client.close()

@@ -29,8 +29,8 @@ INSTRUCTIONS = (
 
 
 def build_server(config_path: str | Path | None = None) -> MCPServer:
-    from mcp_server.server import (bench_tools, host_tools, placement_tools, profile_tools, resources, runtime_tools,
-                                   serve_tools)
+    from mcp_server.server import (bench_tools, host_tools, hub_tools, placement_tools, profile_tools, resources,
+                                   runtime_tools, serve_tools)
     from mcp_server.server.conventions import forbid_unknown_arguments
 
     # subscriptions=False: nothing here pushes resource updates, so the server must not advertise it.
@@ -41,6 +41,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     host_tools.register(mcp)
     bench_tools.register(mcp, config_path)
     serve_tools.register(mcp, config_path)
+    hub_tools.register(mcp)
     resources.register(mcp, config_path)
     forbid_unknown_arguments(mcp)
     return mcp
