@@ -32,6 +32,9 @@ class FakeHub:
     token: str = "hf_good"
     ignore_range: bool = False
     page_size: int = 3
+    cut_after: int | None = None  # the next body breaks off after this many bytes (then the switch resets)
+    corrupt_once: set[str] = field(default_factory=set)  # paths whose next full body has a flipped byte
+    delay_per_chunk_s: float = 0.0  # a slow link, so a download can be killed midway
     range_requests: int = 0
     bytes_sent: int = 0
     url: str = ""
@@ -91,18 +94,50 @@ class FakeHub:
         wanted = request.headers.get("range")
         if request.method == "HEAD":
             return Response(headers={**headers, "Content-Length": str(size)})
+        lo, hi, status = 0, size - 1, 200
         if wanted and not self.ignore_range:
             first, _, last = wanted.removeprefix("bytes=").partition("-")
-            lo, hi = int(first), min(int(last) if last else size - 1, size - 1)
+            lo, hi, status = int(first), min(int(last) if last else size - 1, size - 1), 206
+            headers["Content-Range"] = f"bytes {lo}-{hi}/{size}"
+            self.range_requests += 1
+        rel = request.path_params["path"]
+        corrupt = status == 200 and rel in self.corrupt_once
+        self.corrupt_once.discard(rel)
+        cut, self.cut_after = self.cut_after, None
+        if hi - lo < (1 << 20) and not cut and not corrupt and not self.delay_per_chunk_s:
             with open(path, "rb") as f:
                 f.seek(lo)
                 data = f.read(hi - lo + 1)
-            self.range_requests += 1
             self.bytes_sent += len(data)
-            return Response(data, status_code=206, headers={**headers, "Content-Range": f"bytes {lo}-{hi}/{size}"})
-        data = path.read_bytes()
-        self.bytes_sent += len(data)
-        return Response(data, headers=headers)
+            return Response(data, status_code=status, headers=headers)
+
+        async def body():  # type: ignore[no-untyped-def]
+            import asyncio
+
+            sent = 0
+            with open(path, "rb") as f:
+                f.seek(lo)
+                left = hi - lo + 1
+                while left:
+                    chunk = f.read(min(left, 256 << 10))
+                    left -= len(chunk)
+                    if corrupt and sent == 0:
+                        chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+                    if cut is not None and sent + len(chunk) > cut:
+                        chunk = chunk[: cut - sent]
+                        self.bytes_sent += len(chunk)
+                        yield chunk
+                        raise ConnectionResetError("fake hub: cut")
+                    sent += len(chunk)
+                    self.bytes_sent += len(chunk)
+                    yield chunk
+                    if self.delay_per_chunk_s:
+                        await asyncio.sleep(self.delay_per_chunk_s)
+
+        from starlette.responses import StreamingResponse
+
+        return StreamingResponse(body(), status_code=status,
+                                 headers={**headers, "Content-Length": str(hi - lo + 1)})
 
     def app(self) -> Starlette:
         return Starlette(routes=[

@@ -122,3 +122,114 @@ def test_fit_from_headers_only_matches_the_local_plan(tmp_path: Path) -> None:
     assert result.header_bytes == hub.bytes_sent < 3 * 16 * 2**20  # headers only: a few MiB per shard
     assert result.header_bytes / total < 0.001
     assert result.recommended == "UD-Q4_K_XL" or not fit.fits
+
+
+@pytest.fixture
+def download_hub(tmp_path: Path) -> Iterator[FakeHub]:
+    files = tmp_path / "dl"
+    parts = {f"Q8_0/W-Q8_0-{i:05d}-of-00002.gguf": write_dense(files / f"w{i}.gguf",
+                                                                DenseShape(n_embd=256, n_ff=512, extra_vocab=3000),
+                                                                seed=i) for i in (1, 2)}
+    hub = FakeHub(repos={"org/W-GGUF": FakeRepo(files=parts)})
+    server = Running(hub)
+    yield hub
+    server.stop()
+
+
+def _same(hub: FakeHub, models: Path) -> bool:
+    return all((models / "org/W-GGUF" / n).read_bytes() == p.read_bytes() for n, p in hub.repos["org/W-GGUF"].files.items())
+
+
+def test_download_verifies_resumes_after_a_cut_and_refetches_a_corrupt_file(download_hub: FakeHub,
+                                                                             tmp_path: Path) -> None:
+    from mcp_server.hub.download import download_model
+
+    hub, models = download_hub, tmp_path / "models"
+    total = sum(p.stat().st_size for p in hub.repos["org/W-GGUF"].files.values())
+    hub.cut_after = 300_000  # the first body breaks off: the same call continues with Range
+    hub.corrupt_once = {"Q8_0/W-Q8_0-00002-of-00002.gguf"}
+    seen = []
+    with HubClient(hub.url) as client:
+        result = download_model("org/W-GGUF:Q8_0", models, client=client, progress=seen.append)
+    assert _same(hub, models) and all(f.verified for f in result.files)
+    assert result.model == "org/W-GGUF/Q8_0/W-Q8_0-00001-of-00002.gguf"
+    second = result.files[1]
+    assert second.refetched and not result.files[0].refetched
+    size2 = hub.repos["org/W-GGUF"].files["Q8_0/W-Q8_0-00002-of-00002.gguf"].stat().st_size
+    assert result.fetched_bytes == total + size2  # the cut lost nothing; only the corrupt file came twice
+    assert seen and seen[-1].done_bytes == seen[-1].total_bytes
+    assert not list(models.rglob("*.part")) and not list(models.rglob("*.lock"))
+    # Again: everything is there and verified, nothing is fetched.
+    with HubClient(hub.url) as client:
+        again = download_model("org/W-GGUF:Q8_0", models, client=client)
+    assert again.fetched_bytes == 0
+
+
+def test_a_partial_file_continues_and_a_server_ignoring_range_restarts_it(download_hub: FakeHub,
+                                                                          tmp_path: Path) -> None:
+    from mcp_server.hub.download import download_model
+
+    hub, models = download_hub, tmp_path / "models"
+    name = "Q8_0/W-Q8_0-00001-of-00002.gguf"
+    source = hub.repos["org/W-GGUF"].files[name]
+    part = models / "org/W-GGUF" / (name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source.read_bytes()[:123_456])  # what a killed run left behind
+    with HubClient(hub.url) as client:
+        result = download_model("org/W-GGUF:Q8_0", models, client=client)
+    assert result.files[0].resumed_from == 123_456
+    assert result.files[0].fetched_bytes == source.stat().st_size - 123_456
+    assert _same(hub, models)
+    (models / "org/W-GGUF" / name).unlink()
+    part.write_bytes(source.read_bytes()[:5000])
+    hub.ignore_range = True
+    with HubClient(hub.url) as client:
+        result = download_model("org/W-GGUF:Q8_0", models, client=client)
+    assert result.files[0].fetched_bytes == source.stat().st_size and _same(hub, models)
+
+
+def test_download_refusals(download_hub: FakeHub, tmp_path: Path) -> None:
+    from mcp_server.hub.download import download_model
+
+    with HubClient(download_hub.url) as client:
+        with pytest.raises(HubError, match="name the quant"):
+            download_model("org/W-GGUF", tmp_path, client=client)
+        with pytest.raises(HubError, match="no quant 'Q2_K'.*it has: Q8_0"):
+            download_model("org/W-GGUF:Q2_K", tmp_path, client=client)
+
+
+def test_kill_9_mid_download_then_run_again(download_hub: FakeHub, tmp_path: Path) -> None:
+    """The real command in its own process, killed with SIGKILL halfway; the second run fetches only
+    what is missing (under 1% again) and verifies the whole file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    hub, models = download_hub, tmp_path / "models"
+    hub.delay_per_chunk_s = 0.05  # 256 KiB chunks, slowly
+    env = {**os.environ, "HF_ENDPOINT": hub.url}
+    argv = [sys.executable, "-m", "mcp_server", "cli", "download-model", "org/W-GGUF:Q8_0", "--to", str(models),
+            "--json"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    part = models / "org/W-GGUF/Q8_0/W-Q8_0-00001-of-00002.gguf.part"
+    deadline = time.monotonic() + 30
+    size = hub.repos["org/W-GGUF"].files["Q8_0/W-Q8_0-00001-of-00002.gguf"].stat().st_size
+    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < size // 2):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = part.stat().st_size
+    assert 0 < left < size
+    hub.delay_per_chunk_s = 0.0
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    result = json.loads(done.stdout)
+    first = result["files"][0]
+    assert first["resumed_from"] == left and first["verified"]
+    refetched_share = (first["fetched_bytes"] - (size - left)) / size
+    assert refetched_share < 0.01
+    assert _same(hub, models)

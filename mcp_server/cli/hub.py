@@ -1,4 +1,5 @@
-"""The hub: search-models, list-quants, check-fit (also as `hub search`, `hub quants`, `hub fit`)."""
+"""The hub: search-models, list-quants, check-fit, download-model (also `hub search`, `quants`, `fit`,
+`download`). download-model has no MCP tool yet (it will be a background job)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,42 @@ def check_fit_cmd(spec: str, ctx: int, gpus: str | None, kv_type: str, slots: in
         click.echo(f"  {line}")
 
 
+@click.command("download-model")
+@click.argument("spec", metavar="REPO[@REVISION]:QUANT")
+@click.option("--to", "to", type=click.Path(file_okay=False), help="Models folder (default: MODELS_DIR of models.conf).")
+@json_option
+@click.pass_context
+def download_model_cmd(ctx: click.Context, spec: str, to: str | None, as_json: bool) -> None:
+    """Download one quant set into MODELS_DIR/OWNER/REPO/: resumable (run it again after a cut or a kill),
+    one writer per file, each file checked against the hub's sha256, disk space checked first."""
+    from pathlib import Path
+
+    from mcp_server.cli.common import config_or_none
+    from mcp_server.hub.download import download_model
+
+    def show(p):  # type: ignore[no-untyped-def]
+        eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+        click.echo(f"\r  {p.file}: {p.done_bytes / 2**20:,.0f} / {p.total_bytes / 2**20:,.0f} MiB, "
+                   f"{p.rate_bps / 2**20:.1f} MiB/s{eta}   ", nl=False, err=True)
+
+    with cli_errors():
+        if to is None:
+            config = config_or_none(ctx)
+            if config is None:
+                raise click.UsageError("no models.conf here: give --to DIR")
+            to = config.host.models_dir
+        result = download_model(spec, Path(to), progress=None if as_json else show)
+    if as_json:
+        return emit_json(result)
+    click.echo("", err=True)
+    for f in result.files:
+        how = "already there" if f.fetched_bytes == 0 else (f"continued from {f.resumed_from:,} bytes" if f.resumed_from
+                                                            else "fetched")
+        click.echo(f"{f.path}: {_gib(f.size)}, {how}{', sha256 ok' if f.verified else ''}"
+                   f"{' (fetched again after a bad sha256)' if f.refetched else ''}")
+    click.echo(f"MODEL={result.model}  ({result.fetched_bytes / 2**20:,.0f} MiB in {result.seconds:.1f} s)")
+
+
 @click.group("hub")
 def hub_group() -> None:
     """Hugging Face: search, list quants, check fit before downloading."""
@@ -83,6 +120,7 @@ def hub_group() -> None:
 hub_group.add_command(search_models_cmd, "search")
 hub_group.add_command(list_quants_cmd, "quants")
 hub_group.add_command(check_fit_cmd, "fit")
+hub_group.add_command(download_model_cmd, "download")
 
 COMMANDS = {"search-models": search_models_cmd, "list-quants": list_quants_cmd, "check-fit": check_fit_cmd,
-            "hub": hub_group}
+            "download-model": download_model_cmd, "hub": hub_group}
