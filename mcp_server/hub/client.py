@@ -79,9 +79,10 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _get(self, path: str, *, repo: str | None = None, **params: Any) -> httpx.Response:
+    def _get(self, path: str, *, repo: str | None = None, headers: dict[str, str] | None = None,
+             **params: Any) -> httpx.Response:
         try:
-            response = self.http.get(path, params=params or None)
+            response = self.http.get(path, params=params or None, headers=headers)
         except httpx.TransportError as exc:
             raise HubError(f"cannot reach the hub at {self.endpoint} ({type(exc).__name__}: {exc}); check the "
                            "network, or HF_ENDPOINT if you use a mirror") from exc
@@ -135,11 +136,8 @@ class HubClient:
 
     def read_range(self, repo: str, revision: str, path: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (inclusive) of a file; refuses a server that ignores Range."""
-        try:
-            response = self.http.get(self.file_url(repo, revision, path), headers={"Range": f"bytes={start}-{end}"})
-        except httpx.TransportError as exc:
-            raise HubError(f"cannot reach the hub at {self.endpoint} ({type(exc).__name__}: {exc})") from exc
-        self._raise_for(response, f"{repo}/{path}")
+        response = self._get(self.file_url(repo, revision, path), repo=f"{repo}/{path}",
+                             headers={"Range": f"bytes={start}-{end}"})
         if response.status_code != 206:
             raise HubError(f"{self.endpoint} ignored the byte range for {repo}/{path} (status {response.status_code}): "
                            "reading only the header needs a server that honours Range")

@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from mcp_server.hub.client import HubClient, HubError, HubFile
-from mcp_server.hub.quants import group, pick, split_spec
+from mcp_server.hub.quants import group, pick, require_gguf, split_spec
 
 _CHUNK = 1 << 20
 _TRIES = 3
@@ -79,7 +79,7 @@ def download_model(spec: str, models_dir: Path, *, client: HubClient | None = No
     started = time.monotonic()
     try:
         listing = client.files(repo, revision)
-        qset = pick(group(listing), tag)
+        qset = pick(require_gguf(group(listing)), tag)
         by_path = {f.path: f for f in listing.files}
         files = [by_path[p] for p in qset.files]
         folder = models_dir / repo

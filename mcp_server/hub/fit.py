@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.errors import GGUFFormatError
 from mcp_server.hub.client import HubClient, HubError
-from mcp_server.hub.quants import QuantSet, RepoQuants, group, pick, split_spec
+from mcp_server.hub.quants import QuantSet, RepoQuants, group, pick, require_gguf, split_spec
 
 _FIRST_READ = 4 << 20
 _MAX_HEADER = 512 << 20
@@ -103,10 +103,8 @@ def check_fit(spec: str, ctx: int = 0, gpus: str | None = None, *, kv_type: str 
     client = client or HubClient()
     try:
         listing = client.files(repo, revision)
-        quants = group(listing)
+        quants = require_gguf(group(listing))
         sizes = {f.path: f.size for f in listing.files}
-        if not any(s.kind == "model" for s in quants.sets):
-            raise HubError(f"{repo} has no GGUF model files at {revision}")
         chosen = [pick(quants, tag)] if tag else [s for s in quants.sets if s.kind == "model" and not s.missing]
         inventory = gpu_inventory(gpus)
         overhead, _ = inventory.overhead()

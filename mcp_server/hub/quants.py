@@ -98,14 +98,18 @@ def list_quants(spec: str, client: HubClient | None = None) -> RepoQuants:
     own = client is None
     client = client or HubClient()
     try:
-        found = group(client.files(repo, revision))
+        return require_gguf(group(client.files(repo, revision)))
     finally:
         if own:
             client.close()
-    if not any(s.kind == "model" for s in found.sets):
-        raise HubError(f"{repo} has no GGUF model files at {revision}: llama.cpp needs GGUF (search for a -GGUF repo "
-                       "with hub search)")
-    return found
+
+
+def require_gguf(quants: RepoQuants) -> RepoQuants:
+    """``quants``, or the error for a repo without GGUF model files."""
+    if not any(s.kind == "model" for s in quants.sets):
+        raise HubError(f"{quants.repo} has no GGUF model files at {quants.revision}: llama.cpp needs GGUF (search "
+                       "for a -GGUF repo with hub search)")
+    return quants
 
 
 def pick(quants: RepoQuants, tag: str) -> QuantSet:

@@ -51,42 +51,52 @@ class Decision:
         return self.fits or bool(self.victims)
 
 
-def _missing(need: dict[str, float], room: dict[str, float]) -> dict[str, float]:
+def missing(need: dict[str, float], room: dict[str, float]) -> dict[str, float]:
+    """Per device that serve checks, the MiB ``need`` lacks in ``room`` (empty: it fits)."""
     return {d: need[d] - room.get(d, 0.0) for d in need if need[d] > 0 and d in room and need[d] > room[d] + 1e-6}
+
+
+def _after(room: dict[str, float], unloaded: list[Resident]) -> dict[str, float]:
+    """The room once ``unloaded`` are gone."""
+    freed = dict(room)
+    for resident in unloaded:
+        for device, mib in resident.footprint.mib.items():
+            if device in freed:
+                freed[device] += mib
+    return freed
+
+
+def _holds(resident: Resident, devices: dict[str, float]) -> bool:
+    return any(resident.footprint.mib.get(d, 0) > 0 for d in devices)
+
+
+def _wanted(resident: Resident) -> tuple[bool, int, float]:
+    """Least wanted first: idle before busy, lowest priority, least recently used."""
+    return resident.busy, resident.priority, resident.last_used
 
 
 def decide(need: Footprint, residents: list[Resident], room: dict[str, float]) -> Decision:
     """Whether ``need`` fits in ``room`` (device -> MiB free for it), else the fewest, least wanted
     residents whose unloading makes it fit: idle before busy, lowest priority first, least recently
     used first; never a pinned one, and only residents holding memory on a device that is short."""
-    short = _missing(need.mib, room)
+    short = missing(need.mib, room)
     if not short:
         return Decision(fits=True)
-    candidates = [r for r in residents if not r.pinned and any(r.footprint.mib.get(d, 0) > 0 for d in short)]
-    candidates.sort(key=lambda r: (r.busy, r.priority, r.last_used))
+    candidates = sorted((r for r in residents if not r.pinned and _holds(r, short)), key=_wanted)
     chosen: list[Resident] = []
-    freed = dict(room)
     for resident in candidates:
-        if not _missing(need.mib, freed):
+        if not missing(need.mib, _after(room, chosen)):
             break
         chosen.append(resident)
-        for device, mib in resident.footprint.mib.items():
-            if device in freed:
-                freed[device] += mib
-    still = _missing(need.mib, freed)
+    still = missing(need.mib, _after(room, chosen))
     if still:
-        pins = [r.profile for r in residents if r.pinned and any(r.footprint.mib.get(d, 0) > 0 for d in still)]
+        pins = [r.profile for r in residents if r.pinned and _holds(r, still)]
         return Decision(fits=False, short_mib=still, blocked_by_pins=pins)
     # Greedy order may have taken one that a later, bigger victim made unnecessary: drop those,
     # most wanted first, so only what is needed is unloaded.
-    for resident in sorted(chosen, key=lambda r: (r.busy, r.priority, r.last_used), reverse=True):
+    for resident in sorted(chosen, key=_wanted, reverse=True):
         rest = [r for r in chosen if r is not resident]
-        trial = dict(room)
-        for other in rest:
-            for device, mib in other.footprint.mib.items():
-                if device in trial:
-                    trial[device] += mib
-        if not _missing(need.mib, trial):
+        if not missing(need.mib, _after(room, rest)):
             chosen = rest
     return Decision(fits=False, victims=[r.profile for r in chosen])
 

@@ -111,14 +111,9 @@ class Relay:
             return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
         if lease is None:
             return Response(status_code=499)  # nobody is listening; nothing was loaded for them
-        try:
-            upstream = await self.client.send(self.client.build_request(
-                "POST", lease.base_url + path, content=body, headers=headers), stream=True)
-        except httpx.TransportError as exc:
-            self.scheduler.release(lease)
-            self.scheduler.lost(lease, f"{type(exc).__name__}: {exc}")
-            return error(502, "upstream_unreachable", f"{profile}'s llama-server ({lease.instance}) did not answer "
-                         f"({type(exc).__name__}); the next request starts it again", profile=profile)
+        upstream = await self._send(lease, path, body, headers)
+        if isinstance(upstream, str):
+            return error(502, "upstream_unreachable", upstream, profile=profile)
         out_headers = {k: upstream.headers[k] for k in _KEEP_RESPONSE if k in upstream.headers}
         out_headers[PROFILE_HEADER], out_headers[INSTANCE_HEADER] = profile, lease.instance
         if not streaming or upstream.status_code >= 300:
@@ -134,6 +129,19 @@ class Relay:
             return Response(data, status_code=upstream.status_code, headers=out_headers)
         return StreamingResponse(self._relay(upstream, lease, path), status_code=upstream.status_code,
                                  headers=out_headers)
+
+    async def _send(self, lease: Lease, path: str, body: bytes,
+                    headers: list[tuple[str, str]]) -> httpx.Response | str:
+        """The upstream's streamed response; or, when it does not answer, the lease given back, the
+        instance reported lost, and the message for the client."""
+        try:
+            return await self.client.send(self.client.build_request(
+                "POST", lease.base_url + path, content=body, headers=headers), stream=True)
+        except httpx.TransportError as exc:
+            self.scheduler.release(lease)
+            self.scheduler.lost(lease, f"{type(exc).__name__}: {exc}")
+            return (f"{lease.profile}'s llama-server ({lease.instance}) did not answer ({type(exc).__name__}); "
+                    "the next request starts it again")
 
     async def _relay(self, upstream: httpx.Response, lease: Lease, path: str) -> AsyncIterator[bytes]:
         try:
@@ -182,13 +190,9 @@ class Relay:
                 if not task.done():
                     task.cancel()
             yield b": ready\n\n"
-            try:
-                upstream = await self.client.send(self.client.build_request(
-                    "POST", lease.base_url + path, content=body, headers=headers), stream=True)
-            except httpx.TransportError as exc:
-                self.scheduler.release(lease)
-                self.scheduler.lost(lease, str(exc))
-                yield _sse_error(path, f"{profile}'s llama-server did not answer ({type(exc).__name__})")
+            upstream = await self._send(lease, path, body, headers)
+            if isinstance(upstream, str):
+                yield _sse_error(path, upstream)
                 return
             async for chunk in self._relay(upstream, lease, path):
                 yield chunk
@@ -205,8 +209,7 @@ def _sse_error(path: str, message: str, detail: dict[str, Any] | None = None) ->
 
 async def _acquire_or_leave(request: Request, scheduler: Scheduler, profile: str) -> Lease | None:
     """The lease, or None when the client disconnected first (its place in the queue is given up)."""
-    slot = scheduler.slots.get(profile)
-    if slot is not None and scheduler._admits(slot) and not slot.queue:
+    if scheduler.admits_now(profile):
         return await scheduler.acquire(profile)  # ready: no wait, no watcher
     waiting = asyncio.ensure_future(scheduler.acquire(profile))
     gone = asyncio.ensure_future(_disconnected(request))

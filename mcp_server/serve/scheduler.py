@@ -194,7 +194,7 @@ class Scheduler:
         self.counters["requests"] += 1
         slot = self.slot(profile)
         now = time.monotonic()
-        if self._admits(slot) and not slot.queue:
+        if self.admits_now(profile):
             return self._grant(slot, now, now)
         if len(slot.queue) >= self.settings.queue_limit:
             self.counters["rejected"] += 1
@@ -230,6 +230,11 @@ class Scheduler:
         slot.served += 1
         self.counters["served"] += 1
         self.kick()
+
+    def admits_now(self, profile: str) -> bool:
+        """A request for ``profile`` would be served without waiting."""
+        slot = self.slots.get(profile)
+        return slot is not None and self._admits(slot) and not slot.queue
 
     def _admits(self, slot: Slot) -> bool:
         return slot.state == SlotState.READY and not slot.draining and not slot.unload_wanted
@@ -333,8 +338,8 @@ class Scheduler:
                          key=lambda s: s.queue[0].enqueued)
         if not waiting:
             return False
-        room = self._room()
         residents = self._residents()
+        room = self._room(residents)
         for slot in waiting:  # anything that fits beside goes now: it costs nobody anything
             need = self._need(slot)
             if need is None:
@@ -391,7 +396,8 @@ class Scheduler:
                                        last_used=slot.last_used))
         return out
 
-    def _room(self) -> dict[str, float]:
+    def _room(self, residents: list[memory.Resident] | None = None) -> dict[str, float]:
+        """Free MiB per checked device; ``residents`` when the caller has them already."""
         from mcp_server.placement.planner import DEFAULT_RESERVE_MIB
 
         room: dict[str, float] = {}
@@ -399,7 +405,8 @@ class Scheduler:
             reserve = self.settings.reserve_mib if self.settings.reserve_mib is not None else DEFAULT_RESERVE_MIB
             room.update({d: free - reserve for d, free in memory.gpu_free().items()})
         if self.budget_mib is not None:
-            held = sum(r.footprint.mib.get("host", 0.0) for r in self._residents())
+            held = sum(r.footprint.mib.get("host", 0.0) for r in (residents if residents is not None
+                                                                   else self._residents()))
             room["host"] = self.budget_mib - held
         return room
 
@@ -540,7 +547,7 @@ class Scheduler:
         deadline = time.monotonic() + _ROOM_WAIT_S
         while time.monotonic() < deadline:
             room = await asyncio.to_thread(self._room)
-            if not memory._missing(need.mib, room):
+            if not memory.missing(need.mib, room):
                 return
             await asyncio.sleep(0.1)
 
