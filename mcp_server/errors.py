@@ -31,7 +31,7 @@ written for the person or agent reading it and says what to do next. Codes in br
     ├── BenchError [bench]                        a benchmark cannot run or failed (bench)
     │   ├── BenchCancelled [bench-cancelled]
     │   └── DatasetMissing [dataset-missing]
-    ├── JobError [job]                            a background job id is unknown or cannot start (bench.jobs)
+    ├── JobError [job]                            a background job id is unknown or cannot start (jobs)
     ├── ServeError [serve]                        the endpoint cannot start or be reached (serve.policy)
     │   ├── ServeNotRunning [serve-not-running]
     │   └── ServeRefused [serve-refused]          a public address without a key, a second endpoint, a taken port

@@ -62,6 +62,14 @@ class FakeHub:
         return JSONResponse({"id": name, "sha": repo.commit, "gated": "manual" if repo.gated else False,
                              "siblings": [{"rfilename": p} for p in repo.files]})
 
+    async def refs(self, request: Request) -> Response:
+        name, repo, refusal = self._repo(request)
+        if refusal:
+            return refusal
+        assert repo is not None
+        return JSONResponse({"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.commit}],
+                             "tags": [], "converts": []})
+
     async def tree(self, request: Request) -> Response:
         name, repo, refusal = self._repo(request)
         if refusal:
@@ -143,6 +151,7 @@ class FakeHub:
         return Starlette(routes=[
             Route("/api/models", self.search),
             Route("/api/models/{owner}/{name}/revision/{revision:path}", self.revision),
+            Route("/api/models/{owner}/{name}/refs", self.refs),
             Route("/api/models/{owner}/{name}/tree/{revision:path}", self.tree),
             Route("/{owner}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
         ])

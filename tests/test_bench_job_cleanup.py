@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mcp_server.bench.jobs import Job, cancel_job, get_job, run_benchmark
+from mcp_server.jobs import Job, cancel_job, get_job, run_benchmark
 from mcp_server.profiles.config import load_config
 from mcp_server.runtime.lifecycle import Runtime, port_is_free
 from mcp_server.runtime.registry import LIVE

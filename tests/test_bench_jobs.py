@@ -11,7 +11,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from mcp_server.bench.jobs import get_job
+from mcp_server.jobs import get_job
 from mcp_server.server.app import build_server
 
 from .conftest import need

@@ -142,7 +142,7 @@ def _same(hub: FakeHub, models: Path) -> bool:
 
 def test_download_verifies_resumes_after_a_cut_and_refetches_a_corrupt_file(download_hub: FakeHub,
                                                                              tmp_path: Path) -> None:
-    from mcp_server.hub.download import download_model
+    from mcp_server.hub.download import download_quant
 
     hub, models = download_hub, tmp_path / "models"
     total = sum(p.stat().st_size for p in hub.repos["org/W-GGUF"].files.values())
@@ -150,7 +150,7 @@ def test_download_verifies_resumes_after_a_cut_and_refetches_a_corrupt_file(down
     hub.corrupt_once = {"Q8_0/W-Q8_0-00002-of-00002.gguf"}
     seen = []
     with HubClient(hub.url) as client:
-        result = download_model("org/W-GGUF:Q8_0", models, client=client, progress=seen.append)
+        result = download_quant("org/W-GGUF:Q8_0", models, client=client, progress=seen.append)
     assert _same(hub, models) and all(f.verified for f in result.files)
     assert result.model == "org/W-GGUF/Q8_0/W-Q8_0-00001-of-00002.gguf"
     second = result.files[1]
@@ -161,13 +161,13 @@ def test_download_verifies_resumes_after_a_cut_and_refetches_a_corrupt_file(down
     assert not list(models.rglob("*.part")) and not list(models.rglob("*.lock"))
     # Again: everything is there and verified, nothing is fetched.
     with HubClient(hub.url) as client:
-        again = download_model("org/W-GGUF:Q8_0", models, client=client)
+        again = download_quant("org/W-GGUF:Q8_0", models, client=client)
     assert again.fetched_bytes == 0
 
 
 def test_a_partial_file_continues_and_a_server_ignoring_range_restarts_it(download_hub: FakeHub,
                                                                           tmp_path: Path) -> None:
-    from mcp_server.hub.download import download_model
+    from mcp_server.hub.download import download_quant
 
     hub, models = download_hub, tmp_path / "models"
     name = "Q8_0/W-Q8_0-00001-of-00002.gguf"
@@ -176,7 +176,7 @@ def test_a_partial_file_continues_and_a_server_ignoring_range_restarts_it(downlo
     part.parent.mkdir(parents=True)
     part.write_bytes(source.read_bytes()[:123_456])  # what a killed run left behind
     with HubClient(hub.url) as client:
-        result = download_model("org/W-GGUF:Q8_0", models, client=client)
+        result = download_quant("org/W-GGUF:Q8_0", models, client=client)
     assert result.files[0].resumed_from == 123_456
     assert result.files[0].fetched_bytes == source.stat().st_size - 123_456
     assert _same(hub, models)
@@ -184,18 +184,18 @@ def test_a_partial_file_continues_and_a_server_ignoring_range_restarts_it(downlo
     part.write_bytes(source.read_bytes()[:5000])
     hub.ignore_range = True
     with HubClient(hub.url) as client:
-        result = download_model("org/W-GGUF:Q8_0", models, client=client)
+        result = download_quant("org/W-GGUF:Q8_0", models, client=client)
     assert result.files[0].fetched_bytes == source.stat().st_size and _same(hub, models)
 
 
 def test_download_refusals(download_hub: FakeHub, tmp_path: Path) -> None:
-    from mcp_server.hub.download import download_model
+    from mcp_server.hub.download import download_quant
 
     with HubClient(download_hub.url) as client:
         with pytest.raises(HubError, match="name the quant"):
-            download_model("org/W-GGUF", tmp_path, client=client)
+            download_quant("org/W-GGUF", tmp_path, client=client)
         with pytest.raises(HubError, match="no quant 'Q2_K'.*it has: Q8_0"):
-            download_model("org/W-GGUF:Q2_K", tmp_path, client=client)
+            download_quant("org/W-GGUF:Q2_K", tmp_path, client=client)
 
 
 def test_kill_9_mid_download_then_run_again(download_hub: FakeHub, tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_kill_9_mid_download_then_run_again(download_hub: FakeHub, tmp_path: Pat
     hub, models = download_hub, tmp_path / "models"
     hub.delay_per_chunk_s = 0.05  # 256 KiB chunks, slowly
     env = {**os.environ, "HF_ENDPOINT": hub.url}
-    argv = [sys.executable, "-m", "mcp_server", "cli", "download-model", "org/W-GGUF:Q8_0", "--to", str(models),
+    argv = [sys.executable, "-m", "mcp_server", "cli", "hub", "download", "org/W-GGUF:Q8_0", "--to", str(models),
             "--json"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     part = models / "org/W-GGUF/Q8_0/W-Q8_0-00001-of-00002.gguf.part"

@@ -225,7 +225,7 @@ def report_cmd(ctx: click.Context, output: str | None, reference: str | None, cl
 
 def _start_job(ctx: click.Context, kind: str, profile: str, params: dict[str, Any], as_json: bool) -> None:
     """`bench speed/evalplus --background`: the same job run_benchmark starts."""
-    from mcp_server.bench.jobs import run_benchmark
+    from mcp_server.jobs import run_benchmark
 
     with cli_errors():
         job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, **params)  # type: ignore[arg-type]
@@ -258,7 +258,7 @@ def run_benchmark_cmd(ctx: click.Context, profile: str, kind: str, limit: int | 
                       prompt_tokens: str | None, gen_tokens: str | None, reps: int, update_profile: bool,
                       as_json: bool) -> None:
     """Start a benchmark as a background job and print its id (poll with get-job, stop with cancel-job)."""
-    from mcp_server.bench.jobs import run_benchmark
+    from mcp_server.jobs import run_benchmark
 
     with cli_errors():
         job = run_benchmark(ctx.obj["config"] if ctx.obj else None, profile, kind, limit=limit,  # type: ignore[arg-type]
@@ -275,7 +275,7 @@ def run_benchmark_cmd(ctx: click.Context, profile: str, kind: str, limit: int | 
 @json_option
 def get_job_cmd(job_id: str, as_json: bool) -> None:
     """One background benchmark job: status, progress, recent messages, result or error."""
-    from mcp_server.bench.jobs import get_job
+    from mcp_server.jobs import get_job
 
     with cli_errors():
         job = get_job(job_id)
@@ -295,7 +295,7 @@ def get_job_cmd(job_id: str, as_json: bool) -> None:
 @json_option
 def list_jobs_cmd(limit: int, as_json: bool) -> None:
     """Recent background benchmark jobs, newest first."""
-    from mcp_server.bench.jobs import list_jobs
+    from mcp_server.jobs import list_jobs
 
     listed = list_jobs(limit)
     if as_json:
@@ -309,7 +309,7 @@ def list_jobs_cmd(limit: int, as_json: bool) -> None:
 @json_option
 def cancel_job_cmd(job_id: str, as_json: bool) -> None:
     """Stop a background benchmark job (its run stays resumable)."""
-    from mcp_server.bench.jobs import cancel_job
+    from mcp_server.jobs import cancel_job
 
     with cli_errors():
         job = cancel_job(job_id)

@@ -78,7 +78,7 @@ COMMANDS: dict[str, str] = {
                      "apply-placement", "calibrate"], "placement"),
     **dict.fromkeys(["gpu-stats", "system-stats", "dashboard", "engine", "build-engine", "docker", "setup", "demo",
                      "install-claude"], "host"),
-    **dict.fromkeys(["search-models", "list-quants", "check-fit", "download-model", "hub"], "hub"),
+    **dict.fromkeys(["search-models", "list-quants", "check-fit", "download-model", "draft-hub-profile", "hub"], "hub"),
     **dict.fromkeys(["serve", "serve-start", "serve-stop", "serve-status", "serve-load", "serve-unload", "serve-pin"],
                     "serve"),
     **dict.fromkeys(["bench", "create-bench-profile", "run-benchmark", "get-job", "list-jobs", "cancel-job", "bench-results"], "bench"),

@@ -5,7 +5,7 @@ MCP tool and the core function carry it as written; the CLI command writes it wi
 (``llama-pilot start-model``). A short alias exists only where it is listed here, and
 ``docs/user-guide.md`` shows this table as :func:`markdown_table` renders it (a test compares them).
 Commands for people only (``serve`` in the foreground, ``args``, ``orphans``, ``setup``, ``demo``, ``dashboard``,
-``install-claude``, ``engine status``, ``docker build``, ``bench ...``) have no tool and no alias.
+``install-claude``, ``engine status``, ``docker build``, ``bench ...``, ``hub download``) have no tool and no alias.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ VERBS: tuple[Verb, ...] = (
     Verb("system_stats", "monitoring.system:system_stats", ("stats",)),
     Verb("build_engine", "engine.binary:build_engine", ("engine build",)),
     Verb("create_bench_profile", "bench.evalplus_run:create_bench_profile", ("bench profile",)),
-    Verb("run_benchmark", "bench.jobs:run_benchmark"),
-    Verb("get_job", "bench.jobs:get_job"),
-    Verb("list_jobs", "bench.jobs:list_jobs"),
-    Verb("cancel_job", "bench.jobs:cancel_job"),
+    Verb("run_benchmark", "jobs:run_benchmark"),
+    Verb("get_job", "jobs:get_job"),
+    Verb("list_jobs", "jobs:list_jobs"),
+    Verb("cancel_job", "jobs:cancel_job"),
     Verb("bench_results", "bench.results:bench_results"),
     Verb("search_models", "hub.client:search_models", ("hub search",)),
     Verb("list_quants", "hub.quants:list_quants", ("hub quants",)),
     Verb("check_fit", "hub.fit:check_fit", ("hub fit",)),
+    Verb("download_model", "hub.download:download_model"),
+    Verb("draft_hub_profile", "hub.draft:draft_hub_profile", ("hub draft",)),
     Verb("serve_start", "serve.control:serve_start"),
     Verb("serve_stop", "serve.control:serve_stop"),
     Verb("serve_status", "serve.control:serve_status"),

@@ -27,7 +27,8 @@ _BITS_RE = re.compile(r"Q(\d)")
 class QuantFit(BaseModel):
     tag: str
     total_bytes: int
-    fits: bool | None = Field(description="the planner's verdict at the asked context; None when it could not plan")
+    fits: bool | None = Field(description="the planner's verdict at the asked context (without GPUs: whether the "
+                                          "host RAM holds it); None when it could not plan")
     strategy: str | None = None
     settings: dict[str, str] = Field(default_factory=dict, description="the profile keys the planner chose")
     gpu_mib: list[float] = Field(default_factory=list, description="estimated MiB per GPU")
@@ -118,12 +119,16 @@ def check_fit(spec: str, ctx: int = 0, gpus: str | None = None, *, kv_type: str 
                     first, read = fetch_headers(client, quants, qset, folder, sizes)
                     total_read += read
                     info = read_layout(first)
+                    host_free = _host_available_mib()
                     plan = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots,
-                                            overhead_mib=overhead, host_free_mib=_host_available_mib())
+                                            overhead_mib=overhead, host_free_mib=host_free)
                 except HubError as exc:
                     fits.append(QuantFit(tag=qset.tag, total_bytes=qset.total_bytes, fits=None, error=str(exc)))
                     continue
-                fits.append(QuantFit(tag=qset.tag, total_bytes=qset.total_bytes, fits=plan.estimate.fits,
+                verdict = plan.estimate.fits
+                if verdict is None and not inventory.free and host_free is not None:
+                    verdict = plan.estimate.host.total_mib <= host_free  # no GPU: RAM decides
+                fits.append(QuantFit(tag=qset.tag, total_bytes=qset.total_bytes, fits=verdict,
                                      strategy=str(plan.strategy), settings=plan.settings,
                                      gpu_mib=[round(d.total_mib, 1) for d in plan.estimate.devices],
                                      host_mib=round(plan.estimate.host.total_mib, 1), ctx=plan.ctx,

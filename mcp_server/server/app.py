@@ -41,7 +41,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     host_tools.register(mcp)
     bench_tools.register(mcp, config_path)
     serve_tools.register(mcp, config_path)
-    hub_tools.register(mcp)
+    hub_tools.register(mcp, config_path)
     resources.register(mcp, config_path)
     forbid_unknown_arguments(mcp)
     return mcp

@@ -16,7 +16,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from pydantic import Field
 
-from mcp_server.bench.jobs import Job, JobList
+from mcp_server.jobs import Job, JobList
 from mcp_server.bench.results import RunList
 from mcp_server.profiles.edits import EditResult
 from mcp_server.server.conventions import (EDITS, READ_ONLY, RUN_ID_HELP, RUN_ID_PATTERN, STARTS_JOB, STOPS_JOB,
@@ -25,7 +25,8 @@ from mcp_server.server.conventions import (EDITS, READ_ONLY, RUN_ID_HELP, RUN_ID
 
 
 def register(mcp: MCPServer, config_path: str | Path | None) -> None:
-    from mcp_server.bench import jobs, results
+    from mcp_server import jobs
+    from mcp_server.bench import results
 
     @mcp.tool(annotations=EDITS)
     async def create_bench_profile(

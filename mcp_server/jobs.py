@@ -1,19 +1,21 @@
-"""Benchmarks as background jobs: detached processes whose state lives in a JSON file.
+"""Background jobs: benchmarks and downloads, as detached processes whose state lives in a JSON file.
 
-The MCP server may end with the conversation, so a benchmark cannot live inside it. ``start_job``
-writes ``$LLAMA_PILOT_HOME/jobs/<id>.json`` and launches ``python -m mcp_server.bench.jobs run
-<file>`` in a new session (its own process group); that runner updates the file with status and
-progress (problems done / total) and the result. ``get_job`` reads the file (and notices a runner
-that died without reporting); ``cancel_job`` sends SIGTERM to the runner's process group: the
-runner stops, marks the job ``cancelled`` and the benchmark run stays resumable.
+The MCP server may end with the conversation, so a benchmark or a 60 GB download cannot live inside
+it. ``start_job`` writes ``$LLAMA_PILOT_HOME/jobs/<id>.json`` and launches ``python -m
+mcp_server.jobs run <file>`` in a new session (its own process group); that runner updates the file
+with status and progress (problems, or bytes, done / total) and the result. ``get_job`` reads the
+file (and notices a runner that died without reporting); ``cancel_job`` sends SIGTERM to the
+runner's process group: the runner stops, marks the job ``cancelled``, and what it did is kept (a
+benchmark run resumes, a download continues from its partial files).
 
-The runner records in the job file which llama-server instance serves the benchmark, and whether
+The runner records in the job file which llama-server instance serves a benchmark, and whether
 the job started it, as soon as it knows (for a start: right after the launch, before the model has
 loaded). A runner that ends normally stops what it started itself. One killed first (SIGKILL after
 cancel_job's timeout) cannot, so cancel_job stops it afterwards: only that instance, never a model
 that was running before the job. ``still_running`` says what of the job's model still runs.
 
-Only one benchmark job runs at a time (two would measure each other); a second is refused.
+Only one benchmark job runs at a time (two would measure each other); a second is refused. Downloads
+run beside benchmarks and beside each other, but one quant set is downloaded by one job at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pydantic import BaseModel, Field
 from mcp_server import paths
 from mcp_server.errors import LlamaPilotError
 from mcp_server.files import exclusive_lock
-from mcp_server.bench import BenchCancelled, child_env, now_iso, read_json, write_json
+from mcp_server.bench import child_env, now_iso, read_json, write_json
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 LIVE = ("queued", "running")
@@ -51,10 +53,15 @@ class JobProgress(BaseModel):
     message: str = ""
 
 
+CANCELLED_CODES = ("bench-cancelled", "download-cancelled")
+JobKind = Literal["evalplus", "speed", "download"]
+BENCHMARKS = ("evalplus", "speed")
+
+
 class Job(BaseModel):
     id: str
-    kind: Literal["evalplus", "speed"]
-    profile: str
+    kind: JobKind
+    profile: str | None = Field(default=None, description="the profile benchmarked; None for a download")
     params: dict[str, Any]
     config_path: str | None
     status: JobStatus
@@ -247,16 +254,30 @@ def run_benchmark(config_path: str | os.PathLike[str] | None, profile: str,
     return start_job(kind, profile, params, config.path)
 
 
-def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str, Any],
-              config_path: str | os.PathLike[str] | None) -> Job:
-    """Launch a detached benchmark runner; refuses while another benchmark job runs."""
+def _busy(kind: JobKind, params: dict[str, Any]) -> str | None:
+    """Why a job of this kind cannot start now (read under the jobs lock), or None."""
+    for job in _recent(50):
+        if job.status not in LIVE:
+            continue
+        if kind in BENCHMARKS and job.kind in BENCHMARKS:
+            return (f"busy: benchmark job {job.id} is {job.status} ({job.progress.done}/{job.progress.total}); "
+                    f"wait for it or cancel it")
+        if kind == "download" and job.kind == "download" and job.params.get("spec") == params.get("spec"):
+            return (f"busy: job {job.id} is already downloading {params.get('spec')}; follow it with get_job, "
+                    f"or cancel it")
+    return None
+
+
+def start_job(kind: JobKind, profile: str | None, params: dict[str, Any],
+              config_path: str | os.PathLike[str] | None, label: str | None = None) -> Job:
+    """Launch a detached runner; refuses a benchmark while another benchmark job runs, and a second
+    download of the same quant set. ``label`` names the job in its id (default: the profile)."""
     with exclusive_lock(jobs_dir() / "lock"):
-        running = [j for j in _recent(50) if j.status in LIVE]
-        if running:
-            raise JobError(f"busy: benchmark job {running[0].id} is {running[0].status} "
-                           f"({running[0].progress.done}/{running[0].progress.total}); wait for it or cancel it")
+        refusal = _busy(kind, params)
+        if refusal:
+            raise JobError(refusal)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        job_id = f"{kind}-{profile}-{stamp}-{secrets.token_hex(2)}"
+        job_id = f"{kind}-{label or profile}-{stamp}-{secrets.token_hex(2)}"
         log_path = jobs_dir() / f"{job_id}.log"
         job = Job(id=job_id, kind=kind, profile=profile, params=params,
                   config_path=str(Path(config_path).resolve()) if config_path else None, status="queued",
@@ -264,7 +285,7 @@ def start_job(kind: Literal["evalplus", "speed"], profile: str, params: dict[str
         _save(job)
         env = child_env(**{paths.HOME_ENV: str(paths.home().resolve())})
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "mcp_server.bench.jobs", "run", str(_path(job_id))],
+            proc = subprocess.Popen([sys.executable, "-m", "mcp_server.jobs", "run", str(_path(job_id))],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, cwd=str(Path(config_path).resolve().parent)
                                     if config_path else None)
@@ -339,6 +360,13 @@ class _Runner:
                 write_json(self.file, self.job.model_dump(mode="json"))
                 self.last_write = now
 
+    def download_progress(self, p: Any) -> None:
+        """hub.download's progress (bytes of the whole set) as the job's progress."""
+        eta = f", {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+        self.progress(p.set_done_bytes, p.set_total_bytes,
+                      f"{p.file}: {p.done_bytes / 2**20:,.0f} / {p.total_bytes / 2**20:,.0f} MiB at "
+                      f"{p.rate_bps / 2**20:.1f} MiB/s{eta}")
+
     def progress(self, done: int, total: int, message: str) -> None:
         self.job.progress = JobProgress(done=done, total=total, fraction=round(done / total, 4) if total else 0.0,
                                         message=message)
@@ -369,13 +397,18 @@ class _Runner:
             pass
         self.save(force=True)
         try:
-            config = load_config(job.config_path)
             params = dict(job.params)
-            if job.kind == "evalplus":
+            if job.kind == "download":
+                from mcp_server.hub.download import download_quant
+
+                done = download_quant(params["spec"], Path(params["models_dir"]), progress=self.download_progress,
+                                      cancel=self.cancel)
+                job.result = done.model_dump(mode="json")
+            elif job.kind == "evalplus":
                 from mcp_server.bench.evalplus_run import run_evalplus
 
-                run = run_evalplus(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
-                                   on_instance=self.instance, **params)
+                run = run_evalplus(load_config(job.config_path), job.profile or "", progress=self.progress,
+                                   cancel=self.cancel, say=self.say, on_instance=self.instance, **params)
                 job.result = {"run_id": run.run_id, "run_dir": run.run_dir, "profile": run.profile,
                               "problems": run.problems, "generated_now": run.generated_now,
                               "scores": run.scores.model_dump() if run.scores else None,
@@ -383,23 +416,26 @@ class _Runner:
             else:
                 from mcp_server.bench.speed import run_speed
 
-                speed = run_speed(config, job.profile, progress=self.progress, cancel=self.cancel, say=self.say,
-                                  on_instance=self.instance, **params)
+                speed = run_speed(load_config(job.config_path), job.profile or "", progress=self.progress,
+                                  cancel=self.cancel, say=self.say, on_instance=self.instance, **params)
                 job.result = {"run_id": speed.run_id, "run_dir": speed.run_dir, "profile": speed.profile,
                               "generation_tps": speed.generation_tps, "prompt_tps": speed.prompt_tps,
                               "speed_label": speed.speed_label,
                               "aggregate_tps": {p.concurrency: p.aggregate_tps.median for p in speed.concurrency},
                               "profile_updated": bool(speed.profile_update and speed.profile_update.changed)}
             job.status = "done"
-        except BenchCancelled as exc:
-            job.status, job.error = "cancelled", str(exc)
-        except LlamaPilotError as exc:
-            job.status, job.error = "failed", str(exc)
+        except LlamaPilotError as exc:  # a cancelled run keeps what it did: resumable, or a partial file
+            job.status = "cancelled" if exc.code in CANCELLED_CODES else "failed"
+            job.error = str(exc)
         except BaseException as exc:  # the job file must say it failed, whatever it was
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
             import traceback
 
             traceback.print_exc()
+        self._end()
+
+    def _end(self) -> None:
+        job = self.job
         try:
             _check_serving(job)  # Serving has stopped what it started; say what of the job's model runs on
         except BaseException as exc:  # the job's end must be written, whatever this check met
@@ -413,7 +449,7 @@ class _Runner:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] != "run":
-        print("usage: python -m mcp_server.bench.jobs run JOB_FILE", file=sys.stderr)
+        print("usage: python -m mcp_server.jobs run JOB_FILE", file=sys.stderr)
         raise SystemExit(2)
     _Runner(Path(args[1])).run()
     sys.stdout.flush()
