@@ -37,7 +37,9 @@ written for the person or agent reading it and says what to do next. Codes in br
     │   └── ServeRefused [serve-refused]          a public address without a key, a second endpoint, a taken port
     ├── HubError [hub]                            the Hugging Face hub cannot be reached or refused (hub.client)
     │   ├── RepoNotFound [repo-not-found]
-    │   └── RepoGated [repo-gated]                401/403: a gated repo without (or with a refused) HF_TOKEN
+    │   ├── RepoGated [repo-gated]                401/403: a gated repo without (or with a refused) HF_TOKEN
+    │   ├── DownloadCancelled [download-cancelled] cancel_job or Ctrl-C; the partial file is kept (hub.download)
+    │   └── DiskFull [disk-full]                  the disk filled up mid-download; the partial file is kept
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
 

@@ -24,6 +24,11 @@ class FakeRepo:
     gated: bool = False
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     downloads: int = 0
+    sha256: dict[str, str] = field(default_factory=dict)  # known hashes (a real file above 256 MiB needs one)
+    plain: set[str] = field(default_factory=set)  # files listed as plain git files: no LFS sha256 to check
+
+    def hash_of(self, path: str) -> str:
+        return self.sha256.get(path) or _sha256(self.files[path])
 
 
 @dataclass
@@ -80,8 +85,10 @@ class FakeHub:
         entries = []
         for path in paths[start:start + self.page_size]:
             size = repo.files[path].stat().st_size
-            entries.append({"type": "file", "path": path, "size": size, "oid": "git-oid",
-                            "lfs": {"oid": _sha256(repo.files[path]), "size": size, "pointerSize": 134}})
+            entry: dict[str, Any] = {"type": "file", "path": path, "size": size, "oid": "git-oid"}
+            if path not in repo.plain:  # an LFS file: the hub gives its sha256
+                entry["lfs"] = {"oid": repo.hash_of(path), "size": size, "pointerSize": 134}
+            entries.append(entry)
         headers = {}
         if start + self.page_size < len(paths):
             headers["Link"] = (f'<{self.url}/api/models/{name}/tree/{request.path_params["revision"]}?recursive=true'
@@ -97,7 +104,7 @@ class FakeHub:
         if path is None:
             return JSONResponse({"error": "Entry not found"}, status_code=404)
         size = path.stat().st_size
-        headers = {"Accept-Ranges": "bytes", "ETag": f'"{_sha256(path)}"', "X-Repo-Commit": repo.commit,
+        headers = {"Accept-Ranges": "bytes", "ETag": f'"{repo.hash_of(request.path_params["path"])}"', "X-Repo-Commit": repo.commit,
                    "X-Linked-Size": str(size)}
         wanted = request.headers.get("range")
         if request.method == "HEAD":
@@ -196,3 +203,23 @@ class Running:
 
 def running(hub: FakeHub) -> Any:
     return Running(hub)
+
+
+def main() -> None:
+    """``python -m tests.fake_hub SPEC.json``: serve in a process of its own (benchmarks: a server in
+    the client's process would share its GIL). SPEC: {"port": N, "repos": {"owner/name": {"files":
+    {"path": "/file/on/disk"}, "sha256": {"path": "hex"}}}}. Prints the URL once it listens."""
+    import json
+    import sys
+
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    hub = FakeHub(repos={name: FakeRepo(files={p: Path(f) for p, f in r["files"].items()}, sha256=r.get("sha256", {}),
+                                        plain=set(r.get("plain", [])))
+                         for name, r in spec["repos"].items()})
+    hub.url = f"http://127.0.0.1:{spec['port']}"
+    server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=spec["port"], log_level="warning"))
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

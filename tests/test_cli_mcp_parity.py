@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from mcp import Client
@@ -177,6 +178,20 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path, monkey
             await both("list_quants", {"repo": "org/Gemma-GGUF"}, "org/Gemma-GGUF", exact=True)
             await both("check_fit", {"repo": "org/Gemma-GGUF:Q4_K_M", "ctx": 2048, "gpus": "none"},
                        "org/Gemma-GGUF:Q4_K_M", "--ctx", "2048", "--gpus", "none")
+            await both("draft_hub_profile", {"repo": "org/Gemma-GGUF:Q4_K_M", "ctx": 2048, "gpus": "none"},
+                       "org/Gemma-GGUF:Q4_K_M", "--ctx", "2048", "--gpus", "none", exact=True)
+            # A download is a job, as run_benchmark is: the same object, then the same again from the CLI.
+            from mcp_server.jobs import get_job
+
+            fetch = (await client.call_tool("download_model", {"repo": "org/Gemma-GGUF:Q4_K_M"})).structured_content
+            covered.add("download_model")
+            for _ in range(600):
+                if get_job(fetch["id"]).status not in ("queued", "running"):
+                    break
+                await anyio.sleep(0.05)
+            assert get_job(fetch["id"]).status == "done"
+            code, fetch_cli = _cli(conf, "download-model", "org/Gemma-GGUF:Q4_K_M")
+            assert code == 0 and set(fetch_cli) == set(fetch) and fetch_cli["params"] == fetch["params"]
         finally:
             served.stop()
 

@@ -90,17 +90,25 @@ class HubClient:
         return response
 
     def _raise_for(self, response: httpx.Response, repo: str | None) -> None:
-        if response.status_code < 400:
+        if response.status_code >= 400:
+            self.raise_for_status(response.status_code, response.text, repo or response.request.url.path)
+
+    def raise_for_status(self, status: int, text: str, what: str) -> None:
+        """The error for an answer of ``status`` about ``what`` (a repo or a file), naming the endpoint."""
+        if status < 400:
             return
-        what = repo or response.request.url.path
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             how = ("the token in HF_TOKEN was refused: check it has access to this repo"
                    if self.token else "set HF_TOKEN to a token of an account that accepted the repo's terms "
                                       "(huggingface.co/settings/tokens), or run `hf auth login`")
-            raise RepoGated(f"{what} on {self.endpoint} needs permission ({response.status_code}): {how}")
-        if response.status_code == 404:
+            raise RepoGated(f"{what} on {self.endpoint} needs permission ({status}): {how}")
+        if status == 404:
             raise RepoNotFound(f"{what} was not found on {self.endpoint}: check the spelling (hub search finds repos)")
-        raise HubError(f"{self.endpoint} answered {response.status_code} for {what}: {response.text[:200]}")
+        raise HubError(f"{self.endpoint} answered {status} for {what}: {text[:200]}")
+
+    def headers(self) -> dict[str, str]:
+        """What every request to the hub carries (the token, when there is one)."""
+        return dict(self.http.headers)
 
     def search(self, query: str, limit: int = 20) -> list[SearchHit]:
         """GGUF repos matching ``query``, most downloaded first."""

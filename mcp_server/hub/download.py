@@ -32,10 +32,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable
 
-import httpx
 from pydantic import BaseModel, Field
 
 from mcp_server.hub.client import HubClient, HubError, HubFile
+from mcp_server.hub.transfer import BrokenTransfer, open_body
 from mcp_server.hub.quants import QuantSet, group, pick, require_gguf, split_spec
 
 if TYPE_CHECKING:
@@ -252,8 +252,9 @@ def _fetch(client: HubClient, repo: str, revision: str, f: HubFile, folder: Path
             resumed = 0
         fetched, refetched = 0, False
         for attempt in range(2):  # a second full fetch when the first copy fails its hash
-            fetched += _fill(client, repo, revision, f, part, rel, tally)
-            if f.sha256 is None or _sha256(part) == f.sha256:
+            got, digest = _fill(client, repo, revision, f, part, rel, tally)
+            fetched += got
+            if f.sha256 is None or digest == f.sha256:
                 break
             if attempt == 1:
                 raise HubError(f"{rel}: the downloaded bytes do not match the hub's sha256 twice; the partial file "
@@ -266,7 +267,7 @@ def _fetch(client: HubClient, repo: str, revision: str, f: HubFile, folder: Path
                           resumed_from=resumed, fetched_bytes=fetched, refetched=refetched)
 
 
-def _write_all(out: "io.FileIO", chunk: bytes, part: Path, rel: str) -> int:
+def _write_all(out: "io.FileIO", chunk: bytes | memoryview, part: Path, rel: str) -> int:
     """Write all of ``chunk`` (unbuffered: what returns is on disk); a full disk keeps the part."""
     view = memoryview(chunk)
     written = 0
@@ -283,40 +284,130 @@ def _write_all(out: "io.FileIO", chunk: bytes, part: Path, rel: str) -> int:
     return written
 
 
-def _fill(client: HubClient, repo: str, revision: str, f: HubFile, part: Path, rel: str, tally: _Tally) -> int:
-    """Bring ``part`` to the file's full size, continuing what is there; returns the bytes fetched."""
+class _Digest:
+    """The sha256 of ``part`` as it grows, computed by a thread that reads the file just behind the
+    writer (from the page cache): hashing a 30 GB shard costs no second pass, and it runs beside the
+    network, not in turn with it (hashlib lets go of the GIL). Bytes already on disk from an earlier
+    run are hashed first; a restart from byte 0 starts the hash again."""
+
+    def __init__(self, part: Path) -> None:
+        self.part = part
+        self.cond = threading.Condition()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.hash, self.upto, self.target, self.closing = hashlib.sha256(), 0, 0, False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        f = None
+        try:
+            while True:
+                with self.cond:
+                    while self.upto >= self.target and not self.closing:
+                        self.cond.wait()
+                    if self.upto >= self.target:
+                        return
+                    want = min(self.target - self.upto, 8 << 20)
+                f = f or open(self.part, "rb")  # opened once there is something to read: it exists then
+                f.seek(self.upto)
+                block = f.read(want)
+                if not block:
+                    raise OSError(f"{self.part} is shorter than the bytes written to it")
+                self.hash.update(block)
+                with self.cond:
+                    self.upto += len(block)
+                    self.cond.notify_all()
+        except BaseException as exc:  # said by result(), in the caller's thread
+            self.error = exc
+        finally:
+            if f is not None:
+                f.close()
+
+    def _stop(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def start_at(self, have: int) -> None:
+        """The writer continues from ``have`` (bytes 0..have are on disk)."""
+        if have < self.target:  # the file was started again
+            self._stop()
+            self._reset()
+        self.advance(have)
+
+    def advance(self, have: int) -> None:
+        with self.cond:
+            self.target = max(self.target, have)
+            self.cond.notify_all()
+
+    def result(self, size: int) -> str:
+        self.advance(size)
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        return self.hash.hexdigest()
+
+    def close(self) -> None:
+        self._stop()
+
+
+def _fill(client: HubClient, repo: str, revision: str, f: HubFile, part: Path, rel: str,
+          tally: _Tally) -> tuple[int, str | None]:
+    """Bring ``part`` to the file's full size, continuing what is there; returns the bytes fetched
+    and the sha256 of the whole part (None when the hub gives none to check against)."""
+    digest = _Digest(part) if f.sha256 else None
+    try:
+        return _fill_with(client, repo, revision, f, part, rel, tally, digest)
+    finally:
+        if digest:
+            digest.close()
+
+
+def _fill_with(client: HubClient, repo: str, revision: str, f: HubFile, part: Path, rel: str, tally: _Tally,
+               digest: _Digest | None) -> tuple[int, str | None]:
     fetched = 0
+    view = memoryview(bytearray(_CHUNK))
     last_error: Exception | None = None
     for _ in range(_TRIES):
         have = part.stat().st_size if part.is_file() else 0
         if have == f.size:
-            return fetched
+            return fetched, digest.result(f.size) if digest else None
         if have > f.size:
             part.unlink()
             have = 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        headers = {**client.headers(), **({"Range": f"bytes={have}-"} if have else {})}
         started, base = time.monotonic(), have
         try:
-            with client.http.stream("GET", client.file_url(repo, revision, f.path), headers=headers,
-                                    timeout=httpx.Timeout(60.0, connect=10.0)) as response:
-                client._raise_for(response, rel)
-                if have and response.status_code != 206:
+            with open_body(client.endpoint + client.file_url(repo, revision, f.path), headers) as body:
+                client.raise_for_status(body.status, body.text() if body.status >= 400 else "", rel)
+                if have and body.status != 206:
                     have = 0  # the server ignored Range: start the file again, cleanly
-                elif have and not response.headers.get("content-range", "").startswith(f"bytes {have}-"):
-                    raise HubError(f"{rel}: the hub answered a different range ({response.headers.get('content-range')})")
+                elif have and not (body.headers.get("content-range") or "").startswith(f"bytes {have}-"):
+                    raise HubError(f"{rel}: the hub answered a different range ({body.headers.get('content-range')})")
                 tally.step(f, rel, have, 0.0)
                 with open(part, "r+b" if have else "wb", buffering=0) as out:
                     out.seek(have)
                     out.truncate()
-                    for chunk in response.iter_raw(_CHUNK):
-                        written = _write_all(out, chunk, part, rel)
+                    if digest:
+                        digest.start_at(have)
+                    while True:
+                        n = body.readinto(view)
+                        if not n:
+                            break
+                        written = _write_all(out, view[:n], part, rel)
                         have += written
+                        if digest:
+                            digest.advance(have)
                         fetched += written
                         tally.step(f, rel, have, (have - base) / max(time.monotonic() - started, 1e-6))
-        except httpx.TransportError as exc:  # cut mid-file: what arrived is kept, the next try continues
+        except BrokenTransfer as exc:  # cut mid-file: what arrived is kept, the next try continues
             last_error = exc
             continue
     if part.is_file() and part.stat().st_size == f.size:
-        return fetched
+        return fetched, digest.result(f.size) if digest else None
     raise HubError(f"{rel}: the download kept breaking off ({type(last_error).__name__}: {last_error}); run it again: "
                    f"it continues from the {part.stat().st_size if part.is_file() else 0} bytes on disk")

@@ -17,7 +17,7 @@ from mcp_server.hub.draft import HubDraft
 from mcp_server.hub.fit import RemoteFit
 from mcp_server.hub.quants import RepoQuants
 from mcp_server.jobs import Job
-from mcp_server.server.conventions import (EDITS, DryRun, GpuSizes, KvCacheType, ProfileId, Slots, _hints,
+from mcp_server.server.conventions import (EDITS, DryRun, GpuSizes, KvCacheType, ProfileIdStr, Slots, _hints,
                                            in_thread)
 
 HUB_READS = _hints(read_only=True, destructive=False, idempotent=True, open_world=True)
@@ -70,7 +70,7 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
         return await in_thread(lambda: core(load_config(config_path), repo))
 
     @mcp.tool(annotations=EDITS)
-    async def draft_hub_profile(repo: QuantSpec, profile: Annotated[ProfileId | None, Field(
+    async def draft_hub_profile(repo: QuantSpec, profile: Annotated[ProfileIdStr | None, Field(
                                     description="the new profile's id (default: from the repo name and quant)")] = None,
                                 ctx: Annotated[int, Field(ge=0, le=1 << 24, description=
                                                "context tokens; 0 = the model's training context")] = 0,
