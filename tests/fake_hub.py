@@ -40,6 +40,8 @@ class FakeHub:
     cut_after: int | None = None  # the next body breaks off after this many bytes (then the switch resets)
     corrupt_once: set[str] = field(default_factory=set)  # paths whose next full body has a flipped byte
     delay_per_chunk_s: float = 0.0  # a slow link, so a download can be killed midway
+    cdn_host: str | None = None  # when set, file bodies are 302-redirected there (the hub's LFS CDN), unsigned
+    cdn_authorized: list[bool] = field(default_factory=list)  # per CDN request: did it carry a token?
     range_requests: int = 0
     bytes_sent: int = 0
     url: str = ""
@@ -103,6 +105,19 @@ class FakeHub:
         path = repo.files.get(request.path_params["path"])
         if path is None:
             return JSONResponse({"error": "Entry not found"}, status_code=404)
+        if self.cdn_host and request.method == "GET":
+            port = self.url.rsplit(":", 1)[1]
+            target = f"http://{self.cdn_host}:{port}/cdn/{name}/{request.path_params['path']}"
+            return Response(status_code=302, headers={"Location": target, "X-Repo-Commit": repo.commit})
+        return self._serve(request, repo, path)
+
+    async def cdn(self, request: Request) -> Response:
+        name = f"{request.path_params['owner']}/{request.path_params['name']}"
+        repo = self.repos[name]
+        self.cdn_authorized.append("authorization" in request.headers)
+        return self._serve(request, repo, repo.files[request.path_params["path"]])
+
+    def _serve(self, request: Request, repo: FakeRepo, path: Path) -> Response:
         size = path.stat().st_size
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{repo.hash_of(request.path_params["path"])}"', "X-Repo-Commit": repo.commit,
                    "X-Linked-Size": str(size)}
@@ -161,6 +176,7 @@ class FakeHub:
             Route("/api/models/{owner}/{name}/refs", self.refs),
             Route("/api/models/{owner}/{name}/tree/{revision:path}", self.tree),
             Route("/{owner}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
+            Route("/cdn/{owner}/{name}/{path:path}", self.cdn),
         ])
 
 

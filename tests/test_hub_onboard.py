@@ -281,3 +281,28 @@ async def test_from_hub_quants_to_a_running_profile(demo_gguf: Path, engine_path
         assert started["status"] == "ready"
     finally:
         server.stop()
+
+
+def test_a_gated_download_follows_the_cdn_redirect_without_the_token(hub: FakeHub, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub answers a file with 302 to its CDN (another host: localhost instead of 127.0.0.1);
+    the token goes to the hub, which checks it, and not to the CDN; a partial file continues
+    through the redirect too."""
+    from mcp_server.hub.download import download_quant
+
+    hub.repos["org/W-GGUF"].gated = True
+    hub.cdn_host = "localhost"
+    models = tmp_path / "models"
+    part = models / "org/W-GGUF" / (W_SET[0] + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(hub.repos["org/W-GGUF"].files[W_SET[0]].read_bytes()[:70_000])
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    with pytest.raises(HubError, match="token in HF_TOKEN was refused"):
+        with HubClient() as client:
+            download_quant("org/W-GGUF:Q8_0", models, client=client)
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    with HubClient() as client:
+        result = download_quant("org/W-GGUF:Q8_0", models, client=client)
+    assert result.files[0].resumed_from == 70_000 and all(f.verified for f in result.files)
+    assert _same(hub, models)
+    assert hub.cdn_authorized and not any(hub.cdn_authorized)

@@ -107,8 +107,11 @@ class HubClient:
         raise HubError(f"{self.endpoint} answered {status} for {what}: {text[:200]}")
 
     def headers(self) -> dict[str, str]:
-        """What every request to the hub carries (the token, when there is one)."""
-        return dict(self.http.headers)
+        """What a request to the hub carries besides the transport's own: who asks, and the token."""
+        own = {"User-Agent": "llama-pilot"}
+        if self.token:
+            own["Authorization"] = f"Bearer {self.token}"
+        return own
 
     def search(self, query: str, limit: int = 20) -> list[SearchHit]:
         """GGUF repos matching ``query``, most downloaded first."""

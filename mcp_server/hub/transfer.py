@@ -94,7 +94,8 @@ def open_body(url: str, headers: dict[str, str], timeout: float = 60.0, redirect
     for _ in range(redirects + 1):
         conn, target = _connect(url, timeout)
         try:
-            conn.request("GET", target, headers={"Accept-Encoding": "identity", **sent})
+            # identity: the bytes on disk must be the file's bytes, whatever encoding a CDN would offer
+            conn.request("GET", target, headers={**sent, "Accept-Encoding": "identity"})
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
