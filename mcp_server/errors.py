@@ -40,6 +40,8 @@ written for the person or agent reading it and says what to do next. Codes in br
     │   ├── RepoGated [repo-gated]                401/403: a gated repo without (or with a refused) HF_TOKEN
     │   ├── DownloadCancelled [download-cancelled] cancel_job or Ctrl-C; the partial file is kept (hub.download)
     │   └── DiskFull [disk-full]                  the disk filled up mid-download; the partial file is kept
+    ├── TuneCancelled [tune-cancelled]            cancel_job or Ctrl-C during a tune; its measurements are kept
+    ├── TuneFailed [tune-failed]                  the tune's start or its paired rounds could not be measured
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
 

@@ -14,7 +14,7 @@ loaded). A runner that ends normally stops what it started itself. One killed fi
 cancel_job's timeout) cannot, so cancel_job stops it afterwards: only that instance, never a model
 that was running before the job. ``still_running`` says what of the job's model still runs.
 
-Only one benchmark job runs at a time (two would measure each other); a second is refused. Downloads
+Only one benchmark or tune job runs at a time (two would measure each other); a second is refused. Downloads
 run beside benchmarks and beside each other, but one quant set is downloaded by one job at a time.
 """
 
@@ -53,9 +53,9 @@ class JobProgress(BaseModel):
     message: str = ""
 
 
-CANCELLED_CODES = ("bench-cancelled", "download-cancelled")
-JobKind = Literal["evalplus", "speed", "download"]
-BENCHMARKS = ("evalplus", "speed")
+CANCELLED_CODES = ("bench-cancelled", "download-cancelled", "tune-cancelled")
+JobKind = Literal["evalplus", "speed", "download", "tune"]
+BENCHMARKS = ("evalplus", "speed", "tune")  # they measure speed: two at once would measure each other
 
 
 class Job(BaseModel):
@@ -404,7 +404,14 @@ class _Runner:
                 done = download_quant(params["spec"], Path(params["models_dir"]), progress=self.download_progress,
                                       cancel=self.cancel)
                 job.result = done.model_dump(mode="json")
-            elif job.kind == "evalplus":
+            elif job.kind == "tune":
+                from mcp_server.tune.operations import run_tune
+
+                tuned = run_tune(load_config(job.config_path), job.profile or "", say=self.say, cancel=self.cancel,
+                                 **params)
+                job.result = tuned.model_dump(mode="json", include={"profile", "goal", "winner", "runner_up",
+                                                                     "paired", "full_context", "measured", "seconds",
+                                                                     "edit"})
                 from mcp_server.bench.evalplus_run import run_evalplus
 
                 run = run_evalplus(load_config(job.config_path), job.profile or "", progress=self.progress,

@@ -16,7 +16,7 @@ from mcp_server.cli.verbs import ALIASES, VERBS, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mcp_server"
-CORE = ("profiles", "engine", "runtime", "model_files", "placement", "monitoring", "checks", "bench", "setup", "serve", "hub")
+CORE = ("profiles", "engine", "runtime", "model_files", "placement", "monitoring", "checks", "bench", "setup", "serve", "hub", "tune")
 # The endpoint's HTTP door lives beside the scheduler it serves; nothing in the core imports it.
 DOORS_IN_CORE = ("serve/proxy.py",)
 FRONT_DOOR_LIBRARIES = ("mcp", "click", "textual", "starlette", "uvicorn", "rich")

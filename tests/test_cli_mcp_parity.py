@@ -192,6 +192,13 @@ async def test_every_tool_prints_the_same_object_both_ways(project: Path, monkey
             assert get_job(fetch["id"]).status == "done"
             code, fetch_cli = _cli(conf, "download-model", "org/Gemma-GGUF:Q4_K_M")
             assert code == 0 and set(fetch_cli) == set(fetch) and fetch_cli["params"] == fetch["params"]
+            # The tuner, a job too: started both ways (one at a time), then cancelled.
+            tune = (await client.call_tool("tune_profile", {"profile": "demo", "minutes": 1})).structured_content
+            covered.add("tune_profile")
+            _cli(conf, "cancel-job", tune["id"])
+            code, tune_cli = _cli(conf, "tune-profile", "demo", "--minutes", "1")
+            assert code == 0 and set(tune_cli) == set(tune) and tune_cli["params"] == tune["params"]
+            _cli(conf, "cancel-job", tune_cli["id"])
         finally:
             served.stop()
 

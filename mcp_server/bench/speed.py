@@ -113,7 +113,7 @@ def speed_label(tps: float) -> str:
     return f"~{tps:.1f} t/s" if tps < 10 else f"~{tps:.0f} t/s"
 
 
-class _Prompts:
+class Prompts:
     """Exact-length token-id prompts, each repetition a different slice (no shared prefix beyond BOS)."""
 
     def __init__(self, client: httpx.Client, url: str, longest: int) -> None:
@@ -137,7 +137,7 @@ class _Prompts:
         return self.prefix + self.body[start:start + max(1, n - len(self.prefix))]
 
 
-def _stream_completion(client: httpx.Client, url: str, prompt: list[int], gen: int) -> Rep:
+def stream_completion(client: httpx.Client, url: str, prompt: list[int], gen: int) -> Rep:
     payload = {"prompt": prompt, "n_predict": gen, "temperature": 0, "ignore_eos": True, "cache_prompt": False,
                "stream": True}
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def _concurrent(client: httpx.Client, url: str, prompts: list[list[int]], gen: i
     def one(i: int) -> None:
         barrier.wait()
         try:
-            reps[i] = _stream_completion(client, url, prompts[i], gen)
+            reps[i] = stream_completion(client, url, prompts[i], gen)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -256,14 +256,14 @@ def run_speed(config: Config, profile_id: str, *, prompt_tokens: tuple[int, ...]
 
         try:
             with httpx.Client(timeout=httpx.Timeout(3600.0, connect=10.0)) as client:
-                prompts = _Prompts(client, srv.url, max([p for p, _ in plan] + [conc_prompt]))
-                _stream_completion(client, srv.url, prompts.make(WARMUP_PROMPT, 999), WARMUP_GEN)
+                prompts = Prompts(client, srv.url, max([p for p, _ in plan] + [conc_prompt]))
+                stream_completion(client, srv.url, prompts.make(WARMUP_PROMPT, 999), WARMUP_GEN)
                 step("warm-up")
                 cases = []
                 for p, g in plan:
                     measured = []
                     for r in range(reps):
-                        measured.append(_stream_completion(client, srv.url, prompts.make(p, r), g))
+                        measured.append(stream_completion(client, srv.url, prompts.make(p, r), g))
                         step(f"prompt {p} / gen {g}: rep {r + 1}/{reps}, "
                              f"{measured[-1].predicted_per_second:.1f} t/s")
                     cases.append(SpeedCase(prompt_tokens=p, gen_tokens=g, reps=measured,

@@ -81,6 +81,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(["search-models", "list-quants", "check-fit", "download-model", "draft-hub-profile", "hub"], "hub"),
     **dict.fromkeys(["serve", "serve-start", "serve-stop", "serve-status", "serve-load", "serve-unload", "serve-pin"],
                     "serve"),
+    **dict.fromkeys(["tune", "tune-profile"], "tune"),
     **dict.fromkeys(["bench", "create-bench-profile", "run-benchmark", "get-job", "list-jobs", "cancel-job", "bench-results"], "bench"),
 }
 

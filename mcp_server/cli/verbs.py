@@ -5,7 +5,7 @@ MCP tool and the core function carry it as written; the CLI command writes it wi
 (``llama-pilot start-model``). A short alias exists only where it is listed here, and
 ``docs/user-guide.md`` shows this table as :func:`markdown_table` renders it (a test compares them).
 Commands for people only (``serve`` in the foreground, ``args``, ``orphans``, ``setup``, ``demo``, ``dashboard``,
-``install-claude``, ``engine status``, ``docker build``, ``bench ...``, ``hub download``) have no tool and no alias.
+``install-claude``, ``engine status``, ``docker build``, ``bench ...``, ``hub download``, ``tune``) have no tool and no alias.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("check_fit", "hub.fit:check_fit", ("hub fit",)),
     Verb("download_model", "hub.download:download_model"),
     Verb("draft_hub_profile", "hub.draft:draft_hub_profile", ("hub draft",)),
+    Verb("tune_profile", "tune.operations:tune_profile"),
     Verb("serve_start", "serve.control:serve_start"),
     Verb("serve_stop", "serve.control:serve_stop"),
     Verb("serve_status", "serve.control:serve_status"),

@@ -27,7 +27,8 @@ from mcp_server.model_files.layout import GGUFInspection
 
 # Flags that do not change memory: left out of the settings key.
 _NOT_MEMORY = {"--model": 1, "-m": 1, "--host": 1, "--port": 1, "--log-verbosity": 1, "-lv": 1, "--temp": 1, "--top-p": 1, "--top-k": 1,
-               "--min-p": 1, "--alias": 1, "--api-key": 1, "--metrics": 0, "--jinja": 0, "--no-context-shift": 0}
+               "--min-p": 1, "--alias": 1, "--api-key": 1, "--metrics": 0, "--jinja": 0, "--no-context-shift": 0,
+               "--threads": 1}
 
 
 class CalibrationKey(BaseModel):

@@ -78,6 +78,8 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("N_CPU_MOE", "int", "keep the experts of the first N layers on the CPU", "--n-cpu-moe", minimum=0,
             maximum=4096),
     KeySpec("PARALLEL", "int", "server slots (parallel requests)", "--parallel", minimum=1, maximum=256),
+    KeySpec("THREADS", "int", "CPU threads for the CPU-resident layers and experts (llama-server's default: "
+            "the physical cores)", "--threads", minimum=1, maximum=1024),
     KeySpec("BATCH_SIZE", "int", "logical batch size", "--batch-size", minimum=1, maximum=1 << 20),
     KeySpec("UBATCH_SIZE", "int", "physical batch size (sizes the compute buffer)", "--ubatch-size", minimum=1,
             maximum=1 << 20),

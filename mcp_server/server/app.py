@@ -30,6 +30,7 @@ INSTRUCTIONS = (
 
 def build_server(config_path: str | Path | None = None) -> MCPServer:
     from mcp_server.server import (bench_tools, host_tools, hub_tools, placement_tools, profile_tools, resources,
+                                   tune_tools,
                                    runtime_tools, serve_tools)
     from mcp_server.server.conventions import forbid_unknown_arguments
 
@@ -42,6 +43,7 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     bench_tools.register(mcp, config_path)
     serve_tools.register(mcp, config_path)
     hub_tools.register(mcp, config_path)
+    tune_tools.register(mcp, config_path)
     resources.register(mcp, config_path)
     forbid_unknown_arguments(mcp)
     return mcp
