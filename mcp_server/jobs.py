@@ -412,6 +412,7 @@ class _Runner:
                 job.result = tuned.model_dump(mode="json", include={"profile", "goal", "winner", "runner_up",
                                                                      "paired", "full_context", "measured", "seconds",
                                                                      "edit"})
+            elif job.kind == "evalplus":
                 from mcp_server.bench.evalplus_run import run_evalplus
 
                 run = run_evalplus(load_config(job.config_path), job.profile or "", progress=self.progress,
