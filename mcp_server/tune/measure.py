@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import time
@@ -27,12 +26,6 @@ from mcp_server.profiles.config import Config
 from mcp_server.tune.search import CandidateFailed, Sample, Values
 
 DRAFT_ID = "tune-candidate"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _draft(config: Config, values: Values) -> Config:
@@ -57,8 +50,10 @@ class ServerSource:
         from mcp_server.engine.argv import launch_spec
         from mcp_server.engine.locate import engine_path
 
+        from mcp_server.setup.bootstrap import free_port
+
         draft = _draft(self.config, values)
-        port = _free_port()
+        port = free_port()
         spec = launch_spec(draft.profile(DRAFT_ID), draft, port=port, host="127.0.0.1")
         self.engine = self.engine or engine_path()
         argv = [self.engine, *spec.argv[1:]]
