@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from mcp_server.model_files.synthetic import write_model
+    from mcp_server.placement import calibration
     from mcp_server.profiles.config import load_config
     from mcp_server.tune.operations import run_tune
 
@@ -79,6 +80,8 @@ def main() -> None:
             result = run_tune(load_config(conf), args.kind, "generation", args.minutes, args.depth, rounds=args.rounds,
                               full_context_check=attempt == 0, say=say)
             report["runs"].append({"wall_s": round(time.monotonic() - started, 1), "result": result.model_dump(mode="json")})
+            # every load's prediction vs llama.cpp's buffers vs NVML, as the calibration store kept them
+            report["calibration"] = [m.model_dump(mode="json") for m in calibration.measurements()]
             args.out.write_text(json.dumps({**report, "log": lines}, indent=1))
     print(json.dumps([{k: r["result"][k] for k in ("winner", "measured", "seconds", "search_seconds")}
                       | {"paired": {k: r["result"]["paired"][k] for k in ("gen_ratio", "gen_ratio_range",

@@ -77,3 +77,24 @@ async def test_a_cancelled_tune_job_leaves_no_server_or_bench_process(demo_proje
         time.sleep(0.1)
     assert _engine_processes(marker) == []
     assert get_job(job["id"]).status == "cancelled"
+
+
+def test_a_server_measured_tune_records_what_each_load_held_and_estimate_shows_it_for_the_written_profile(
+        demo_project: Path, engine_path: str) -> None:
+    from mcp_server.placement import calibration
+    from mcp_server.placement.operations import estimate_fit
+    from mcp_server.tune.operations import run_tune
+
+    before = len(calibration.measurements())
+    result = run_tune(load_config(demo_project), "demo", minutes=1, depth=32, source="server", rounds=1,
+                      gen_tokens=8, write=True)
+    recorded = calibration.measurements()[before:]
+    assert len(recorded) >= result.measured  # every load measured through llama-server (+ the full-context one)
+    assert all(m.profile == "demo" and m.note == "tune candidate" for m in recorded)
+    host = [d for m in recorded for d in m.devices if d.device == "host"]
+    assert host and all(d.logged_mib and d.logged_mib > 100 for d in host)  # the demo's weights + KV, from its log
+    assert result.memory_mib and result.memory_mib["host"] > 100
+    # The written profile has the winner's settings, so an estimate of it finds the winner's measurement.
+    shown = estimate_fit(load_config(demo_project), "demo")
+    assert shown.measured is not None and shown.measured.note == "tune candidate"  # found by the settings' key
+    assert shown.measured.digest == recorded[-1].digest or shown.measured in recorded

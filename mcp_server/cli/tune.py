@@ -53,6 +53,8 @@ def tune_cmd(ctx: click.Context, profile: str, goal: str, minutes: float, depth:
         p = result.paired
         click.echo(f"vs --fit: generation {p.gen_ratio:.2f}x ({p.gen_ratio_range[0]:.2f}-{p.gen_ratio_range[1]:.2f}), "
                    f"prompt {p.prompt_ratio:.2f}x, {p.rounds} paired rounds; noise {result.search.noise:.1%}")
+    if result.memory_mib:
+        click.echo("winner holds: " + ", ".join(f"{d} {mib / 1024:.2f} GiB" for d, mib in result.memory_mib.items()))
     pruned = [t for t in result.search.tried if t.pruned]
     click.echo(f"{result.measured} loads measured, {len(pruned)} candidates pruned, {result.estimator_calls} estimates, "
                f"{result.seconds:.0f} s; full context: {result.full_context or 'not checked'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,9 @@ from mcp_server.model_files.layout import read_layout, require_complete
 from mcp_server.placement.planner import DEFAULT_RESERVE_MIB, Plan, choose_placement
 from mcp_server.profiles.config import Config
 from mcp_server.profiles.edits import EditResult, update_profile
+
+if TYPE_CHECKING:
+    from mcp_server.runtime.server_log import LoadReport
 
 _SIZE_UNITS = (("gib", 1024.0), ("gb", 1000**3 / 2**20), ("mib", 1.0), ("mb", 1000**2 / 2**20), ("g", 1024.0))
 
@@ -194,29 +197,38 @@ def fit_params_oracle(config: Config, argv: list[str]) -> dict[str, dict[str, in
 
 def calibrate(config: Config, profile: str, note: str | None = None) -> calibration.Measurement:
     """Measure the profile's running instance (log + NVML), compare with the estimate, and store it."""
-    import datetime as dt
-
-    from mcp_server.monitoring.gpu import gpu_stats
     from mcp_server.runtime.lifecycle import Runtime
 
     runtime = Runtime(config)
     view = runtime.ensure_ready(profile)  # a loading model is waited for; none running: NotRunning
     record = next(r for r in runtime.registry.all() if r.id == view.id)
     report = runtime.load_report(profile)
-    gpus = gpu_stats()
-    ordered = gpus.in_cuda_order()
+    return record_launch(record.model_path, record.argv, report, view.pid, profile=profile, note=note)
+
+
+def record_launch(model_path: str | Path, argv: list[str], report: "LoadReport", pid: int | None, *,
+                  profile: str | None, note: str | None = None) -> calibration.Measurement:
+    """Line up what a loaded llama-server logged (its buffers) and NVML (its process, per GPU) with
+    the estimate for its argv, and store the measurement: later estimates of the same GPU model use
+    the measured overhead, and an estimate of the same settings shows it. ``calibrate`` and every
+    load ``tune`` measures go through here."""
+    import datetime as dt
+
+    from mcp_server.monitoring.gpu import gpu_stats
+
+    ordered = gpu_stats().in_cuda_order()
     nvml = {f"CUDA{i}": float(p.used_mib) for i, g in enumerate(ordered) for p in g.processes
-            if p.pid == view.pid and p.used_mib is not None}
-    info = read_layout(record.model_path)
+            if pid is not None and p.pid == pid and p.used_mib is not None}
+    info = read_layout(model_path)
     names = [g.name for g in ordered]
     overhead, _ = calibration.overhead_for(names[0] if names else None)
-    settings = settings_from_argv(record.argv)
+    settings = settings_from_argv(argv)
     capacity = [float(g.memory_total_mib or 0) for g in ordered]
     predicted = core_estimate(info, settings, capacity, overhead)
     logged = {b.device: b.total_mib for b in report.devices}
     logged_compute = {b.device: b.compute_mib + b.output_mib for b in report.devices}
     measurement = calibration.compare(
-        calibration.key_for(info, record.argv, names), predicted, logged, logged_compute, nvml,
+        calibration.key_for(info, argv, names), predicted, logged, logged_compute, nvml,
         build=report.build_number, profile=profile, at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         note=note or ("fit was on and placed layers itself: predicted placement may differ" if settings.fit and
                       settings.n_gpu_layers < 0 and not settings.tensor_split and not settings.overrides and ordered

@@ -40,13 +40,15 @@ class ServerSource:
     kind = "server"
 
     def __init__(self, config: Config, depth: int, gen_tokens: int = 64, reps: int = 2, load_timeout_s: float = 900,
-                 log_dir: Path | None = None, cancelled: Callable[[], bool] = lambda: False) -> None:
+                 log_dir: Path | None = None, cancelled: Callable[[], bool] = lambda: False,
+                 profile: str | None = None) -> None:
         self.config, self.depth, self.gen, self.reps = config, depth, gen_tokens, reps
+        self.profile = profile
         self.load_timeout_s, self.cancelled = load_timeout_s, cancelled
         self.log_dir = log_dir
         self.engine: str | None = None
 
-    def _start(self, values: Values) -> tuple[subprocess.Popen[bytes], str, Path]:
+    def _start(self, values: Values) -> tuple[subprocess.Popen[bytes], str, Path, list[str]]:
         from mcp_server.engine.argv import launch_spec
         from mcp_server.engine.locate import engine_path
 
@@ -63,7 +65,7 @@ class ServerSource:
         env = {**os.environ, **spec.env}
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        return proc, f"http://127.0.0.1:{port}", log
+        return proc, f"http://127.0.0.1:{port}", log, argv
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
         deadline = time.monotonic() + self.load_timeout_s
@@ -97,7 +99,8 @@ class ServerSource:
         from mcp_server.bench.speed import BenchError, Prompts, stream_completion
 
         started = time.monotonic()
-        proc, url, log = self._start(values)
+        proc, url, log, argv = self._start(values)
+        memory: dict[str, float] = {}
         try:
             self._wait_ready(proc, url, log)
             want = self.depth if depth is None else depth
@@ -106,6 +109,7 @@ class ServerSource:
                 stream_completion(client, url, prompts.make(16, 99), 4)  # warm-up: first-use costs out
                 reps = [stream_completion(client, url, prompts.make(max(want, 16), i), self.gen)
                         for i in range(self.reps)]
+            memory = self._record_memory(values, argv, log, proc.pid)
         except (httpx.HTTPError, BenchError) as exc:
             raise CandidateFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -113,7 +117,24 @@ class ServerSource:
         log.unlink(missing_ok=True)
         return Sample(prompt_tps=round(statistics.median(r.prompt_per_second for r in reps), 2),
                       gen_tps=round(statistics.median(r.predicted_per_second for r in reps), 2),
-                      seconds=round(time.monotonic() - started, 2))
+                      seconds=round(time.monotonic() - started, 2), memory_mib=memory or None)
+
+    def _record_memory(self, values: Values, argv: list[str], log: Path, pid: int) -> dict[str, float]:
+        """What this load holds, into the calibration store (prediction, llama.cpp's buffers, NVML):
+        the learning the estimator uses next time. Measured after the prompts, when the compute
+        buffers and the CUDA pool have grown to what serving uses. A failure here costs the record,
+        not the candidate."""
+        from mcp_server.placement.operations import record_launch
+        from mcp_server.runtime.server_log import parse_load_report
+
+        try:
+            model = self.config.model_path(_draft(self.config, values).profile(DRAFT_ID))
+            measurement = record_launch(model, argv, parse_load_report(log.read_text(errors="replace")), pid,
+                                        profile=self.profile, note="tune candidate")
+        except Exception:  # noqa: BLE001 - memory is a by-product of a speed measurement
+            return {}
+        return {d.device: (d.nvml_mib if d.nvml_mib is not None else d.logged_mib) for d in measurement.devices
+                if (d.nvml_mib if d.nvml_mib is not None else d.logged_mib) is not None}
 
 
 # profile key -> llama-bench flag (values written as the profile writes them, translated below)

@@ -50,6 +50,9 @@ class TuneResult(BaseModel):
     paired: Paired | None = Field(None, description="winner vs baseline, measured alternately")
     full_context: str | None = Field(None, description="a prompt of the whole context on the winner: 'ok' or the "
                                                        "failure; None when not checked")
+    memory_mib: dict[str, float] | None = Field(None, description="what the winner's last load held per device "
+                                                "(NVML on GPUs, llama.cpp's buffers on the host); every load measured "
+                                                "through llama-server is also in the calibration store")
     estimator_calls: int
     measured: int = Field(description="candidate loads this tune paid for (stored samples reused cost none)")
     seconds: float
@@ -123,7 +126,7 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
                   allow_kv_quant=allow_kv_quant, threads=(physical, psutil.cpu_count() or physical),
                   host_available_mib=psutil.virtual_memory().available / 2**20)
     cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
-    server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled)
+    server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled, profile=profile_id)
     bench = None
     if source == "llama-bench":
         from mcp_server.engine.binary import locate_engine
@@ -194,11 +197,16 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
                         started_from="stored winner" if known else "planner", winner=_tuned(outcome.best, space),
                         runner_up=_tuned(outcome.runner_up, space) if outcome.runner_up else None,
                         baseline=_tuned(baseline, space), search=outcome, paired=pair, full_context=full,
-                        estimator_calls=space.estimates, measured=measured,
+                        memory_mib=_winner_memory(pair, outcome), estimator_calls=space.estimates, measured=measured,
                         seconds=round(time.monotonic() - started, 1), search_seconds=round(search_seconds, 1))
     if write:
         result.edit = write_winner(config, profile_id, result, space)
     return result
+
+
+def _winner_memory(pair: Paired | None, outcome: Outcome) -> dict[str, float] | None:
+    held = [s.memory_mib for s in (pair.winner if pair else []) if s.memory_mib]
+    return held[-1] if held else outcome.best_sample.memory_mib
 
 
 def write_winner(config: Config, profile_id: str, result: TuneResult, space: Space, dry_run: bool = False

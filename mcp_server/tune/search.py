@@ -31,6 +31,8 @@ class Sample(BaseModel):
     gen_tps: float
     seconds: float = Field(0.0, description="what the measurement cost, load included")
     source: str = Field("measured", description="'measured' now, or 'stored' (a measurement from an earlier tune)")
+    memory_mib: dict[str, float] | None = Field(None, description="what the load held per device (NVML on a GPU, "
+                                                "llama.cpp's buffers on the host), when llama-server measured it")
 
 
 class Knob(BaseModel):

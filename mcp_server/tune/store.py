@@ -64,7 +64,8 @@ def _append(entry: dict) -> None:  # type: ignore[type-arg]
 
 def record(key: TuneKey, values: Values, sample: Sample) -> None:
     _append({"key": key.digest, "kind": "sample", "values": canonical(values), "prompt_tps": sample.prompt_tps,
-             "gen_tps": sample.gen_tps, "seconds": sample.seconds, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+             "gen_tps": sample.gen_tps, "seconds": sample.seconds, "memory_mib": sample.memory_mib,
+             "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def stored(key: TuneKey, values: Values) -> Sample | None:
@@ -73,8 +74,10 @@ def stored(key: TuneKey, values: Values) -> Sample | None:
     same = [e for e in _lines(key.digest) if e["kind"] == "sample" and e["values"] == wanted]
     if not same:
         return None
+    memory = [e["memory_mib"] for e in same if e.get("memory_mib")]
     return Sample(prompt_tps=statistics.median(e["prompt_tps"] for e in same),
-                  gen_tps=statistics.median(e["gen_tps"] for e in same), seconds=0.0, source="stored")
+                  gen_tps=statistics.median(e["gen_tps"] for e in same), seconds=0.0, source="stored",
+                  memory_mib=memory[-1] if memory else None)
 
 
 def record_winner(key: TuneKey, goal: str, values: Values, noise: float) -> None:
