@@ -40,7 +40,7 @@ def _num(value: Any, fmt: str = "{}", none: str = "-") -> str:
 
 def _gpu_text(report: Any) -> str:
     if not report.gpus:
-        return f"no GPUs: {report.reason}"
+        return "\n".join([f"no GPUs: {report.reason}"] + _workers_text(report))
     rows, lines = [], []
     for g in report.gpus:
         mem = f"{_num(g.memory_used_mib)}/{_num(g.memory_total_mib)}"
@@ -67,18 +67,32 @@ def _gpu_text(report: Any) -> str:
                  + f" ({order.get(report.cuda_order_source or '', 'unknown')})")
     if report.reason:
         lines.append(f"note: {report.reason}")
-    return "\n".join(lines)
+    return "\n".join(lines + _workers_text(report))
+
+
+def _workers_text(report: Any) -> list[str]:
+    lines = ["\nworkers (RPC devices lent to this machine):"] if report.workers or report.worker_errors else []
+    for d in report.workers:
+        total = f" of {d.total_mib / 1024:.1f}" if d.total_mib else ""
+        lines.append(f"  {d.worker}  {d.device}  {d.name} ({d.description or '?'})  {d.free_mib / 1024:.1f}{total} GiB free")
+    lines += [f"  {e}" for e in report.worker_errors]
+    return lines
 
 
 @click.command("gpu-stats")
 @json_option
 @watch_option
-def gpu_stats_cmd(as_json: bool, watch_s: float | None) -> None:
-    """GPUs (NVML and CUDA index, memory, load, power, clocks) and who holds memory on them."""
-    from mcp_server.monitoring.gpu import gpu_stats
+@click.pass_context
+def gpu_stats_cmd(ctx: click.Context, as_json: bool, watch_s: float | None) -> None:
+    """GPUs (NVML and CUDA index, memory, load, power, clocks) and who holds memory on them; with
+    RPC workers in models.conf, the devices they lend too."""
+    from mcp_server.cli.common import config_or_none
+    from mcp_server.workers.operations import gpu_stats_with_workers
+
+    config = config_or_none(ctx)
 
     def render(pretty: bool) -> None:
-        report = gpu_stats()
+        report = gpu_stats_with_workers(config)
         if as_json:
             click.echo(report.model_dump_json(indent=2 if pretty else None))
         else:

@@ -82,6 +82,7 @@ COMMANDS: dict[str, str] = {
     **dict.fromkeys(["serve", "serve-start", "serve-stop", "serve-status", "serve-load", "serve-unload", "serve-pin"],
                     "serve"),
     **dict.fromkeys(["tune", "tune-profile"], "tune"),
+    **dict.fromkeys(["list-workers", "worker-status", "start-worker", "stop-worker", "worker"], "workers"),
     **dict.fromkeys(["bench", "create-bench-profile", "run-benchmark", "get-job", "list-jobs", "cancel-job", "bench-results"], "bench"),
 }
 

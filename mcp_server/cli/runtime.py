@@ -118,6 +118,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     for v in views:
         if v.note:
             click.echo(f"note: {v.profile}: {v.note}")
+        for w in v.workers:
+            click.echo(f"  {v.profile} uses worker {w.id} at {w.endpoint}: {', '.join(w.devices) or 'its devices'}")
     for o in report.elsewhere:
         click.echo(f"also running, started by another llama-pilot home ({o.home}): {o.profile} pid {o.pid} port "
                    f"{o.port}; manage it with LLAMA_PILOT_HOME={o.home} llama-pilot ...")

@@ -5,7 +5,8 @@ MCP tool and the core function carry it as written; the CLI command writes it wi
 (``llama-pilot start-model``). A short alias exists only where it is listed here, and
 ``docs/user-guide.md`` shows this table as :func:`markdown_table` renders it (a test compares them).
 Commands for people only (``serve`` in the foreground, ``args``, ``orphans``, ``setup``, ``demo``, ``dashboard``,
-``install-claude``, ``engine status``, ``docker build``, ``bench ...``, ``hub download``, ``tune``) have no tool and no alias.
+``install-claude``, ``engine status``, ``docker build``, ``bench ...``, ``hub download``, ``tune``, ``worker serve``) have no tool
+and no alias.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ VERBS: tuple[Verb, ...] = (
     Verb("serve_load", "serve.control:serve_load"),
     Verb("serve_unload", "serve.control:serve_unload"),
     Verb("serve_pin", "serve.control:serve_pin"),
+    Verb("list_workers", "workers.operations:list_workers", ("workers",)),
+    Verb("worker_status", "workers.operations:worker_status"),
+    Verb("start_worker", "workers.operations:start_worker"),
+    Verb("stop_worker", "workers.operations:stop_worker"),
 )
 
 ALIASES: dict[str, str] = {alias: verb.command for verb in VERBS for alias in verb.aliases if " " not in alias}

@@ -8,14 +8,18 @@ last, so that a flag repeated there wins exactly as it did in the original.
 from __future__ import annotations
 
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import ValidationError
 from mcp_server.profiles.config import PROFILE_KEYS, Config, Profile, split_extra_args
 
+if TYPE_CHECKING:
+    from mcp_server.workers.spec import WorkerSpec
+
 # Keys handled outside the flag loop: MODEL (path is resolved), PORT (chosen by the caller).
-_SPECIAL = {"MODEL", "PORT"}
+_SPECIAL = {"MODEL", "PORT", "WORKERS"}
 # At verbosity 4 llama-server logs every buffer it allocates, per device: the load report and
 # the estimator's calibration read them. EXTRA_ARGS comes later, so a profile can still lower it.
 LOG_VERBOSITY = ["--log-verbosity", "4"]
@@ -75,6 +79,9 @@ def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server
     # Keep the original's order: context and layers come before host/port.
     head, rest = _split_after(flags, ("--ctx-size", "--n-gpu-layers"))
     argv += head + ["--host", chosen_host, "--port", str(chosen_port)] + rest + LOG_VERBOSITY + METRICS
+    if workers := profile_workers(profile, config):
+        # llama.cpp puts RPC devices before the local ones: TENSOR_SPLIT lists them first too.
+        argv += ["--rpc", ",".join(w.endpoint for w in workers)]
     extra = profile.get("EXTRA_ARGS")
     if extra:
         argv += split_extra_args(extra, where=f"[{profile.id}]")
@@ -87,6 +94,21 @@ def launch_spec(profile: Profile, config: Config, *, engine: str = "llama-server
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in visible)
     return LaunchSpec(profile=profile.id, argv=argv, env=env, model_path=model_path, host=chosen_host,
                       port=chosen_port, visible_devices=visible)
+
+
+def profile_workers(profile: Profile, config: Config) -> "list[WorkerSpec]":
+    """The workers a profile names (WORKERS), as [global] defines them; an unknown id is an error."""
+    raw = profile.get("WORKERS")
+    if not raw:
+        return []
+    known = config.host.workers
+    chosen = []
+    for worker_id in (w.strip() for w in raw.split(",")):
+        if worker_id not in known:
+            raise ValidationError("WORKERS", raw, f"no worker {worker_id!r} in [global] (known: "
+                                  f"{', '.join(known) or 'none; add WORKER_<id>=http://host:8765'})", f"[{profile.id}]")
+        chosen.append(known[worker_id])
+    return chosen
 
 
 def without_flags(argv: list[str], drop: dict[str, int]) -> list[str]:

@@ -125,6 +125,9 @@ class GpuReport(BaseModel):
     cuda_order_source: CudaOrderSource | None = Field(
         default=None, description="pci-bus-id: exact; cuda-driver: asked libcuda, exact; heuristic: estimated")
     at: float
+    workers: list[Any] = Field(default_factory=list, description="devices RPC workers lend (models.conf's "
+                                                                 "WORKER_<id> lines), as each agent reports them now")
+    worker_errors: list[str] = Field(default_factory=list, description="workers whose agent could not be asked")
 
     def in_cuda_order(self) -> list[GpuInfo]:
         """The GPUs as a CUDA program numbers them (CUDA0, CUDA1, ...), NVML order where unknown."""

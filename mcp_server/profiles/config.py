@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mcp_server import paths
 from mcp_server.profiles.conffile import ConfDocument, Section
 from mcp_server.errors import ConfigError, ProfileNotFound, ValidationError
+from mcp_server.workers.spec import WorkerSpec, is_worker_key, parse_worker
 
 GLOBAL_SECTION = "global"
 # Where a profile's llama-server runs (the BACKEND key). The runtime's Backend protocol implements each.
@@ -100,6 +101,8 @@ PROFILE_KEYS: tuple[KeySpec, ...] = (
             maximum=100),
     KeySpec("IDLE_TTL", "int", "serve unloads the profile after this many seconds without a request (0 = never)",
             minimum=0, maximum=1 << 24),
+    KeySpec("WORKERS", "list", "worker ids from [global]'s WORKER_<id> lines: their devices join this profile's "
+            "(llama-server --rpc, remote devices first); start brings their RPC servers up, stop takes them down"),
     KeySpec("SAMPLERS", "choice", "client: the sampler fields a client sends win over the profile's TEMP/TOP_P/...; "
             "profile: serve strips them, so the profile's own settings apply (serve)", choices=("client", "profile")),
 )
@@ -211,7 +214,7 @@ def check_agent_edit(config: "Config", key: str, value: str | None, where: str =
     numbers, enums are enums, nothing is a path or a URL); OVERRIDE_TENSORS may name only local
     buffers.
     """
-    if key in HOST_ONLY_FOR_PEOPLE:
+    if key in HOST_ONLY_FOR_PEOPLE or is_worker_key(key):
         raise ValidationError(key, value or "", "is a host setting only a person may change "
                               "(llama-pilot set global ...)", where)
     if value is None:
@@ -356,6 +359,7 @@ class HostSettings(BaseModel):
     serve_queue_limit: int = 64
     serve_memory_budget: str | None = None
     serve_reserve_mib: int | None = None
+    workers: dict[str, WorkerSpec] = Field(default_factory=dict, description="[global]'s WORKER_<id> lines")
 
 
 @dataclass
@@ -397,16 +401,22 @@ def config_from_document(document: ConfDocument, conf_path: Path) -> Config:
     where_file = str(conf_path)
     glob = document.section(GLOBAL_SECTION)
     glob_values = glob.as_dict() if glob else {}
+    workers: dict[str, WorkerSpec] = {}
     for entry in glob.entries if glob else ():
         spec = KEYS.get(entry.key)
         where = f"{where_file}:{entry.line}"
+        if spec is None and is_worker_key(entry.key):
+            worker = parse_worker(entry.key, entry.value, where)
+            workers[worker.id] = worker
+            continue
         if spec is None:
             raise ConfigError(f"{where}: unknown key {entry.key!r} in [global]; known: "
-                              f"{', '.join(KEYS)}")
+                              f"{', '.join(KEYS)}, and WORKER_<id> lines")
         if entry.key == "MODEL":
             raise ConfigError(f"{where}: MODEL belongs in a profile, not in [global]")
         validate_value(entry.key, entry.value, where)
-    host = _host_settings(glob_values, conf_path)
+    host = _host_settings({k: v for k, v in glob_values.items() if not is_worker_key(k)}, conf_path)
+    host = host.model_copy(update={"workers": workers})
     profiles: dict[str, Profile] = {}
     for section in document.sections():
         if section.id == GLOBAL_SECTION:

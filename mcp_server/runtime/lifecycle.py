@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,7 @@ from mcp_server.runtime.server_api import health
 from mcp_server.runtime.registry import Diagnosis, InstanceRecord, InstanceStatus, Registry, new_instance_id
 from mcp_server.runtime.server_log import LoadProgress, LoadReport, explain_exit, load_progress, parse_load_report, strip_ansi
 from mcp_server.profiles.config import Config, Profile
+from mcp_server.workers.spec import WorkerUse
 
 Progress = Callable[["LoadProgress"], None]
 
@@ -131,6 +133,8 @@ class InstanceView(BaseModel):
     adopted: bool
     note: str | None = None
     progress: LoadProgress | None = None
+    workers: list[WorkerUse] = Field(default_factory=list, description="RPC workers whose devices it uses "
+                                                                       "(their devices come first in its device list)")
 
 
 class InstanceList(BaseModel):
@@ -183,7 +187,7 @@ def _view(record: InstanceRecord, progress: LoadProgress | None = None) -> Insta
                         container_id=record.container_id, started_at=record.started_at, ready_at=record.ready_at,
                         ended_at=record.ended_at, uptime_s=uptime, load_seconds=load, exit_code=record.exit_code,
                         diagnosis=record.diagnosis, log_path=record.log_path, adopted=record.adopted,
-                        note=record.note, progress=progress)
+                        note=record.note, progress=progress, workers=record.workers)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -268,9 +272,43 @@ class Runtime:
             if record.backend == "docker":
                 # An exited container still holds its log and its name: archive the log, remove it.
                 self.backend(record.backend).stop(record, 0)
+            if record.workers:
+                update["diagnosis"] = self._worker_diagnosis(record, diagnosis)
         record = record.model_copy(update=update)
         self.registry.save(record)
+        if record.workers:
+            self._release_workers(record)
         return record
+
+    def _worker_diagnosis(self, record: InstanceRecord, diagnosis: Diagnosis) -> Diagnosis:
+        """Name the worker behind an RPC failure: the endpoint llama-server could not reach, or the
+        one whose RPC server is gone."""
+        if diagnosis.cause == "worker-unreachable":
+            use = next((u for u in record.workers if u.endpoint == diagnosis.device), None)
+            if use is not None:
+                return diagnosis.model_copy(update={"worker": use.id,
+                                                    "summary": f"{diagnosis.summary} (worker {use.id})"})
+        if diagnosis.cause in ("worker-lost", "crashed"):
+            from mcp_server.workers.operations import lost_worker
+
+            lost = lost_worker(self.config, record.workers)
+            if lost is not None:
+                return diagnosis.model_copy(update={"cause": "worker-lost", "worker": lost.split(" ")[0],
+                                                    "summary": f"worker {lost} went away while llama-server was "
+                                                               "using it"})
+        if diagnosis.cause == "oom" and diagnosis.device and diagnosis.device.startswith("RPC"):
+            use = next((u for u in record.workers if u.endpoint in diagnosis.device), None)
+            if use is not None:
+                return diagnosis.model_copy(update={"worker": use.id, "summary": f"{diagnosis.summary} (worker {use.id})"})
+        return diagnosis
+
+    def _release_workers(self, record: InstanceRecord) -> None:
+        if not record.workers:
+            return
+        from mcp_server.workers.operations import release_workers
+
+        live = [r for r in self.registry.all() if r.is_live]
+        release_workers(self.config, record, live)
 
     def _records(self) -> list[InstanceRecord]:
         return self._records_and_unmanaged()[0]
@@ -417,7 +455,28 @@ class Runtime:
             raise StartRefused(Diagnosis(cause="model-missing", summary=f"{profile_id}: model file {model_path} is missing",
                                          fix="download it or fix MODEL (update_profile; lint_profiles lists missing files and shards)"))
         engine = "llama-server" if backend_name == "docker" else engine_path(self.config.host.engine)
-        return _Launch(profile=profile, backend=backend_name, model_path=model_path, engine=engine)
+        return _Launch(profile=profile, backend=backend_name, model_path=model_path, engine=engine,
+                       workers=self._prepare_workers(profile, engine))
+
+    def _prepare_workers(self, profile: Profile, engine: str) -> "list[WorkerUse]":
+        """The profile's RPC workers up, with the same build as this engine (outside the lock: it
+        is network work). A worker that cannot serve refuses the start, naming it."""
+        from mcp_server.engine.argv import profile_workers
+
+        specs = profile_workers(profile, self.config)
+        if not specs:
+            return []
+        from mcp_server.engine.binary import describe_engine
+        from mcp_server.workers.client import WorkerError
+        from mcp_server.workers.operations import prepare_workers
+
+        build = describe_engine(engine, "explicit").build_number if engine != "llama-server" else None
+        try:
+            return prepare_workers(self.config, specs, build)
+        except WorkerError as exc:
+            raise StartRefused(Diagnosis(cause=exc.code, summary=str(exc), worker=exc.worker,
+                                         fix="worker_status shows what the worker's agent sees; docs/workers.md "
+                                             "has the setup")) from None
 
     def _launch_locked(self, launch: _Launch, live: list[InstanceRecord], *, port: int | None,
                        timeout_s: float | None) -> InstanceRecord:
@@ -436,7 +495,8 @@ class Runtime:
             env={**spec.env, **owner_marks(paths.home(), instance_id, profile.id)},
             log_path=str(paths.logs_dir() / f"{profile.id}.log"), model_path=str(model_path), model_bytes=size,
             visible_devices=spec.visible_devices, exit_file=str(self.registry.run_dir / f"{instance_id}.exit"),
-            started_at=time.time(), load_timeout_s=timeout_s or (_BASE_TIMEOUT_S + size / _BYTES_PER_S))
+            started_at=time.time(), load_timeout_s=timeout_s or (_BASE_TIMEOUT_S + size / _BYTES_PER_S),
+            workers=launch.workers)
         append_separator(Path(record.log_path), f"starting {profile.id} ({profile.name}) as {instance_id}, "
                                                 f"{backend_name}, port {spec.port}")
         self.registry.save(record)  # claim the port before the slow part
@@ -444,6 +504,7 @@ class Runtime:
             record = self.backend(backend_name).launch(record, spec, hold_fd=self.registry.lock_fd)
         except LlamaPilotError:
             self.registry.delete(record.id)
+            self._release_workers(record)
             raise
         self.registry.save(record)
         return record
@@ -864,6 +925,7 @@ class _Launch:
     backend: str
     model_path: Path
     engine: str
+    workers: "list[WorkerUse]" = dataclass_field(default_factory=list)
 
 
 def _running(live: list[InstanceRecord], profile_id: str) -> InstanceRecord | None:

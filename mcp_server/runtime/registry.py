@@ -26,6 +26,7 @@ from mcp_server import paths
 from mcp_server.profiles.config import BackendName
 from mcp_server.errors import storage_errors
 from mcp_server.files import atomic_write
+from mcp_server.workers.spec import WorkerUse
 
 
 class InstanceStatus(StrEnum):
@@ -42,7 +43,10 @@ class Diagnosis(BaseModel):
     """Why a start failed, read from the log and the exit status."""
 
     cause: str = Field(description="oom | model-missing | model-unreadable | model-incomplete | unknown-architecture | "
-                                   "invalid-argument | port-in-use | timeout | crashed | killed | exited | unknown")
+                                   "invalid-argument | port-in-use | timeout | crashed | killed | exited | "
+                                   "worker-unreachable | worker-lost | worker-version-mismatch | "
+                                   "worker-token-refused | worker | unknown")
+    worker: str | None = Field(default=None, description="the RPC worker the failure is about")
     summary: str
     fix: str
     device: str | None = Field(default=None, description="device named in an out-of-memory failure")
@@ -79,6 +83,7 @@ class InstanceRecord(BaseModel):
     note: str | None = Field(default=None, description="how the record came to be, when not by a start here "
                                                        "(e.g. recovered after the state folder was lost)")
     stop_requested: bool = Field(default=False, description="a stop was asked for: the end is a stop, not a failure")
+    workers: list[WorkerUse] = Field(default_factory=list, description="RPC workers whose devices it uses")
 
     @property
     def base_url(self) -> str:

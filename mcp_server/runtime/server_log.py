@@ -182,8 +182,8 @@ def _progress_dots(segment: str) -> int:
 
 _OOM_PATTERNS = (
     re.compile(r"(?:cudaMalloc|cuMemCreate|allocating .* on device (?P<devnum>\d+)).*out of memory", re.I),
-    re.compile(r"failed to allocate (?P<dev>[A-Za-z0-9_]+) buffer of size", re.I),
-    re.compile(r"unable to allocate (?P<dev>[A-Za-z0-9_]+) buffer", re.I),
+    re.compile(r"failed to allocate (?P<dev>\S+) buffer of size", re.I),
+    re.compile(r"unable to allocate (?P<dev>\S+) buffer", re.I),
     re.compile(r"out of memory", re.I),
     re.compile(r"failed to allocate buffer for kv cache", re.I),
     re.compile(r"failed to allocate compute (?:pp |tg )?buffers", re.I),
@@ -202,6 +202,17 @@ def explain_exit(text: str, exit_code: int | None, *, timed_out: bool = False, p
     oom = [line for line in lines if any(p.search(line) for p in _OOM_PATTERNS)]
     if oom:
         return _oom_diagnosis(lines, oom)
+    if hits := _find(lines, "failed to connect to"):
+        where = re.search(r"[Ff]ailed to connect to (\S+)", hits[0])
+        return Diagnosis(cause="worker-unreachable", summary="no RPC server answered at "
+                         f"{where.group(1) if where else 'a worker endpoint'}",
+                         fix="start the worker's RPC server (start_worker / `llama-pilot start-worker ID`), or check "
+                             "the tunnel to it; worker_status says what its agent sees",
+                         device=where.group(1) if where else None, evidence=hits[:2])
+    if hits := _find(lines, "remote rpc server crashed", "rpc server crashed or returned malformed"):
+        return Diagnosis(cause="worker-lost", summary="an RPC worker went away while llama-server was using it",
+                         fix="restart the worker's agent or RPC server (worker_status shows which), then start the "
+                             "profile again", evidence=hits[:2])
     if hits := _find(lines, "failed to open gguf file", "no such file or directory"):
         return Diagnosis(cause="model-missing", summary="the model file could not be opened",
                          fix="check MODEL in the profile (lint_profiles / `llama-pilot lint` shows missing files and shards)",
@@ -278,6 +289,9 @@ def _crash_diagnosis(lines: list[str], signal_name: str) -> Diagnosis:
 def _oom_diagnosis(lines: list[str], oom: list[str]) -> Diagnosis:
     device = None
     for line in oom:
+        if m := re.search(r"(RPC\d+\[[^\]]+\])", line):  # a worker's device: RPC0[10.0.0.2:50052]
+            device = m.group(1)
+            break
         if m := re.search(r"(CUDA\d+|Vulkan\d+|CPU|Metal|ROCm\d+)", line):
             device = m.group(1)
             break

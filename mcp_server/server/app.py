@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Callable
 
 from mcp.server import MCPServer
 
@@ -28,10 +29,11 @@ INSTRUCTIONS = (
 )
 
 
-def build_server(config_path: str | Path | None = None) -> MCPServer:
+def build_server(config_path: str | Path | None = None, extra: "list[Callable[[MCPServer], None]] | None" = None
+                 ) -> MCPServer:
+    """Every tool module registered on one server; ``extra`` registers more (the worker agent's tools)."""
     from mcp_server.server import (bench_tools, host_tools, hub_tools, placement_tools, profile_tools, resources,
-                                   tune_tools,
-                                   runtime_tools, serve_tools)
+                                   runtime_tools, serve_tools, tune_tools, worker_tools)
     from mcp_server.server.conventions import forbid_unknown_arguments
 
     # subscriptions=False: nothing here pushes resource updates, so the server must not advertise it.
@@ -39,12 +41,15 @@ def build_server(config_path: str | Path | None = None) -> MCPServer:
     profile_tools.register(mcp, config_path)
     runtime_tools.register(mcp, config_path)
     placement_tools.register(mcp, config_path)
-    host_tools.register(mcp)
+    host_tools.register(mcp, config_path)
     bench_tools.register(mcp, config_path)
     serve_tools.register(mcp, config_path)
     hub_tools.register(mcp, config_path)
     tune_tools.register(mcp, config_path)
     resources.register(mcp, config_path)
+    worker_tools.register(mcp, config_path)
+    for more in extra or ():
+        more(mcp)
     forbid_unknown_arguments(mcp)
     return mcp
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio
@@ -25,13 +26,14 @@ class BuildCancelled(LlamaPilotError):
     code = "build-cancelled"
 
 
-def register(mcp: MCPServer) -> None:
+def register(mcp: MCPServer, config_path: "str | Path | None" = None) -> None:
     @mcp.tool(annotations=READ_ONLY)
     async def gpu_stats() -> GpuReport:
-        """The GPUs now (for the host's CPU and RAM use system_stats): every NVIDIA GPU: NVML index (nvidia-smi's) and CUDA index (llama.cpp's CUDA<n>), name, compute capability, memory total/used/free in MiB, GPU and memory utilisation, temperature, power and limit, clocks, fan; each process on it with its memory and the llama-pilot instance (profile) that owns it. Without a driver or GPU: gpus is empty and reason says why."""
-        from mcp_server.monitoring.gpu import gpu_stats as core
+        """The GPUs now (for the host's CPU and RAM use system_stats): every NVIDIA GPU: NVML index (nvidia-smi's) and CUDA index (llama.cpp's CUDA<n>), name, compute capability, memory total/used/free in MiB, GPU and memory utilisation, temperature, power and limit, clocks, fan; each process on it with its memory and the llama-pilot instance (profile) that owns it. Without a driver or GPU: gpus is empty and reason says why. With RPC workers in models.conf, workers lists the devices each lends (as its agent reports them now)."""
+        from mcp_server.server.conventions import config_or_none
+        from mcp_server.workers.operations import gpu_stats_with_workers as core
 
-        return await in_thread(core)
+        return await in_thread(lambda: core(config_or_none(config_path)))
 
     @mcp.tool(annotations=READ_ONLY)
     async def system_stats() -> SystemStats:
