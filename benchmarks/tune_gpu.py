@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4)
     parser.add_argument("--depth", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per measurement")
+    parser.add_argument("--no-full-context", action="store_true", help="skip the full-context prompt on the winner")
     parser.add_argument("--again", action="store_true", help="then tune the same key again (the learning loop)")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, required=True)
@@ -78,7 +80,8 @@ def main() -> None:
         for attempt in range(2 if args.again else 1):
             started = time.monotonic()
             result = run_tune(load_config(conf), args.kind, "generation", args.minutes, args.depth, rounds=args.rounds,
-                              full_context_check=attempt == 0, say=say)
+                              gen_tokens=args.gen_tokens, full_context_check=attempt == 0 and not args.no_full_context,
+                              say=say)
             report["runs"].append({"wall_s": round(time.monotonic() - started, 1), "result": result.model_dump(mode="json")})
             # every load's prediction vs llama.cpp's buffers vs NVML, as the calibration store kept them
             report["calibration"] = [m.model_dump(mode="json") for m in calibration.measurements()]

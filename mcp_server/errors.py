@@ -42,6 +42,11 @@ written for the person or agent reading it and says what to do next. Codes in br
     │   └── DiskFull [disk-full]                  the disk filled up mid-download; the partial file is kept
     ├── TuneCancelled [tune-cancelled]            cancel_job or Ctrl-C during a tune; its measurements are kept
     ├── TuneFailed [tune-failed]                  the tune's start or its paired rounds could not be measured
+    ├── WorkerError [worker]                      an RPC worker's agent answered with an error (workers.client)
+    │   ├── WorkerUnreachable [worker-unreachable] nothing answers at the worker's agent URL
+    │   ├── WorkerTokenRefused [worker-token-refused] no token, or the agent refused it (401)
+    │   └── WorkerVersionMismatch [worker-version-mismatch] the worker runs another llama.cpp build
+    ├── RpcError [rpc-server]                     a worker's ggml-rpc-server cannot start (workers.rpc)
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)
 

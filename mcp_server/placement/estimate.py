@@ -162,13 +162,12 @@ def override_for(name: str, overrides: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def _buft_device(buft: str, n_gpus: int) -> int:
+def _buft_device(buft: str, names: list[str]) -> int:
     if buft.upper().startswith("CPU"):
         return CPU
-    m = re.fullmatch(r"CUDA(\d+)", buft)
-    if not m or int(m.group(1)) >= n_gpus:
-        raise ValidationError("OVERRIDE_TENSORS", buft, f"no such device with {n_gpus} GPU(s)")
-    return int(m.group(1))
+    if buft in names:  # CUDA1, or a worker's RPC0[10.0.0.2:50052]
+        return names.index(buft)
+    raise ValidationError("OVERRIDE_TENSORS", buft, f"no such device here (devices: {', '.join(names) or 'none'})")
 
 
 def cuda_alloc_bytes(type_name: str, shape: list[int], nbytes: int) -> int:
@@ -207,16 +206,22 @@ class Estimate(BaseModel):
 
 
 def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[float],
-             overhead_mib: float | None = None) -> Estimate:
+             overhead_mib: float | None = None, *, device_names: list[str] | None = None,
+             device_overheads: list[float | None] | None = None) -> Estimate:
     """Predict per-GPU and host memory for ``info`` run with ``settings`` on GPUs of the given sizes.
 
     ``overhead_mib``: the per-GPU runtime overhead (a calibrated value); None = the default for
-    the model's kind. Every GPU in ``gpu_capacity_mib`` is visible to the process."""
+    the model's kind. Every GPU in ``gpu_capacity_mib`` is visible to the process.
+    ``device_names``: llama.cpp's names for the devices in its order (default CUDA0, CUDA1, ...;
+    RPC workers' devices come first, as RPC0[host:port]); ``device_overheads`` replaces
+    ``overhead_mib`` per device where not None (an RPC device on a worker's CPU costs far less than
+    a CUDA context)."""
     if overhead_mib is None:
         overhead_mib = default_overhead(info)
     n_gpus = len(gpu_capacity_mib)
     notes: list[str] = []
-    devices = [DeviceEstimate(device=f"CUDA{i}", capacity_mib=gpu_capacity_mib[i]) for i in range(n_gpus)]
+    names = device_names or [f"CUDA{i}" for i in range(n_gpus)]
+    devices = [DeviceEstimate(device=names[i], capacity_mib=gpu_capacity_mib[i]) for i in range(n_gpus)]
     host = DeviceEstimate(device="host")
     if n_gpus == 0 or settings.split_mode == "none":
         split = [1.0]
@@ -243,7 +248,7 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
     for t in info.tensors:
         buft = override_for(t.name, settings.overrides)
         if buft is not None:
-            dev = _buft_device(buft, n_gpus)
+            dev = _buft_device(buft, names)
         elif t.kind == "embeddings":
             dev = CPU  # the input layer always stays on the CPU
         elif t.kind == "output":
@@ -277,8 +282,9 @@ def estimate(info: GGUFInspection, settings: Settings, gpu_capacity_mib: list[fl
     _add_compute(info, settings, devices, host, dev_of_layer, n_ctx, slots, unified, pipeline, offload_copy)
     for i, d in enumerate(devices):
         used = d.weights_mib + d.kv_cache_mib + d.recurrent_mib + d.compute_mib
+        own = device_overheads[i] if device_overheads and device_overheads[i] is not None else overhead_mib
         if used > 0 or i in gpu_ids:
-            d.overhead_mib = overhead_mib
+            d.overhead_mib = own
         else:
             d.overhead_mib = IDLE_GPU_OVERHEAD_MIB  # visible to the process: it still gets a context
         d.total_mib = round(used + d.overhead_mib, 1)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.placement import calibration
-from mcp_server.engine.argv import launch_spec, without_flags
+from mcp_server.engine.argv import launch_spec, profile_workers, without_flags
 from mcp_server.errors import LlamaPilotError, ValidationError
 from mcp_server.placement.estimate import Estimate, default_overhead, settings_from_argv, estimate as core_estimate
 from mcp_server.placement.fit_replay import FitOutcome, emulate_fit
@@ -34,10 +34,13 @@ _SIZE_UNITS = (("gib", 1024.0), ("gb", 1000**3 / 2**20), ("mib", 1.0), ("mb", 10
 
 
 class GpuSlot(BaseModel):
-    device: str = Field(description="llama.cpp's name for it: CUDA0, CUDA1, ...")
+    device: str = Field(description="llama.cpp's name for it: CUDA0, CUDA1, ..., or a worker's RPC0[host:port]")
     name: str | None = None
     total_mib: float | None = None
     free_mib: float = Field(description="what a new llama-server may use")
+    worker: str | None = Field(None, description="the RPC worker lending it (None: a local GPU)")
+    overhead_mib: float | None = Field(None, description="its own runtime overhead, where it differs from a local "
+                                                         "GPU's (a worker's CPU device)")
 
 
 class Inventory(BaseModel):
@@ -48,6 +51,14 @@ class Inventory(BaseModel):
     @property
     def free(self) -> list[float]:
         return [g.free_mib for g in self.gpus]
+
+    @property
+    def names(self) -> list[str]:
+        return [g.device for g in self.gpus]
+
+    @property
+    def overheads(self) -> list[float | None]:
+        return [g.overhead_mib for g in self.gpus]
 
     def overhead(self) -> tuple[float | None, str]:
         """The calibrated per-GPU overhead for these GPUs (real ones only: a declared size has no model)."""
@@ -89,6 +100,26 @@ def gpu_inventory(declared: str | None = None) -> Inventory:
     slots = [GpuSlot(device=f"CUDA{i}", name=g.name, total_mib=g.memory_total_mib,
                      free_mib=float(g.memory_free_mib or 0)) for i, g in enumerate(gpus)]
     return Inventory(source="nvml" if slots else "none", gpus=slots, note=None if slots else report.reason)
+
+
+def with_workers(inventory: Inventory, config: Config, workers: list[str]) -> Inventory:
+    """The devices ``workers`` lend, with their free memory as each agent reports it now, before the
+    local GPUs (llama.cpp's order: RPC devices first)."""
+    if not workers:
+        return inventory
+    from mcp_server.workers.client import call
+    from mcp_server.workers.operations import RPC_CPU_OVERHEAD_MIB, devices_of, worker_spec
+
+    specs = [worker_spec(config, w) for w in workers]
+    slots = []
+    for spec in specs:
+        for d in devices_of(spec, call(spec, "worker_info")):
+            slots.append(GpuSlot(device=d.device, name=f"{spec.id}: {d.name} ({d.description or '?'})",
+                                 total_mib=d.total_mib, free_mib=d.free_mib, worker=spec.id,
+                                 overhead_mib=None if d.gpu else RPC_CPU_OVERHEAD_MIB))
+    source = inventory.source if inventory.gpus else "nvml"
+    note = f"RPC workers {', '.join(workers)} first" + (f"; {inventory.note}" if inventory.note else "")
+    return Inventory(source=source, gpus=slots + inventory.gpus, note=note)
 
 
 def visible_to(inventory: Inventory, visible: list[int] | None) -> Inventory:
@@ -146,14 +177,16 @@ def estimate_fit(config: Config, profile: str | None = None, gpus: str | None = 
     info = read_layout(spec.model_path)
     require_complete(info, config.profile(profile).model or spec.model_path)
     inventory = visible_to(inventory or gpu_inventory(gpus), spec.visible_devices)
-    settings = settings_from_argv(spec.argv)
-    names = [g.name for g in inventory.gpus]
     overhead, source = inventory.overhead()
+    inventory = with_workers(inventory, config, [w.id for w in profile_workers(config.profile(profile), config)])
+    settings = settings_from_argv(spec.argv)
+    names = [g.name for g in inventory.gpus if g.worker is None]
     fit_outcome = None
     if replay_fit and settings.fit and inventory.gpus:
         settings, fit_outcome = emulate_fit(info, settings, inventory.free, overhead_mib=overhead,
                                             ctx_was_set=settings.n_ctx > 0)
-    result = core_estimate(info, settings, inventory.free, overhead)
+    result = core_estimate(info, settings, inventory.free, overhead, device_names=inventory.names,
+                           device_overheads=inventory.overheads)
     if fit_outcome is not None:  # the replay already answered what fit does
         result.notes = [n for n in result.notes if not n.startswith("fit is on")]
     measured = calibration.latest(calibration.key_for(info, spec.argv, names))

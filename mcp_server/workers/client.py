@@ -46,12 +46,30 @@ def call(worker: WorkerSpec, tool: str, arguments: dict[str, Any] | None = None,
     if not token:
         raise WorkerTokenRefused(worker.id, f"no token: set ${worker.token_env} to the token its agent was "
                                  "started with")
-    try:
+    def run() -> Any:
         return anyio.run(_call, worker, token, tool, arguments or {}, timeout_s)
+
+    try:
+        if _loop_running():  # called from async code (a test, an embedding program): its own thread
+            import concurrent.futures
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                return pool.submit(run).result()
+        return run()
     except WorkerError:
         raise
     except BaseException as exc:  # noqa: BLE001 - an ExceptionGroup from the transport's task group
         raise _classify(worker, exc) from None
+
+
+def _loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _call(worker: WorkerSpec, token: str, tool: str, arguments: dict[str, Any], timeout_s: float) -> Any:
@@ -61,9 +79,24 @@ async def _call(worker: WorkerSpec, token: str, tool: str, arguments: dict[str, 
     from mcp.shared._httpx_utils import create_mcp_http_client
 
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-    with anyio.fail_after(timeout_s):
-        async with http, Client(streamable_http_client(worker.url, http_client=http)) as client:
-            result = await client.call_tool(tool, arguments)
+    statuses: list[int] = []
+
+    async def seen(response) -> None:  # type: ignore[no-untyped-def]
+        statuses.append(response.status_code)
+
+    # The SDK turns an HTTP error into a generic MCP error: the status is kept here to name it.
+    http.event_hooks["response"].append(seen)
+    try:
+        with anyio.fail_after(timeout_s):
+            async with http, Client(streamable_http_client(worker.url, http_client=http)) as client:
+                result = await client.call_tool(tool, arguments)
+    except BaseException as exc:
+        if 401 in statuses:
+            raise WorkerTokenRefused(worker.id, f"its agent at {worker.url} refused the token in "
+                                     f"${worker.token_env}: use the token the agent was started with") from None
+        if any(code >= 400 for code in statuses):
+            raise WorkerError(worker.id, f"its agent answered HTTP {max(statuses)}") from exc
+        raise
     if result.is_error:
         text = " ".join(getattr(c, "text", "") for c in result.content).strip()
         raise WorkerError(worker.id, text or f"{tool} failed")

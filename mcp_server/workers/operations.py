@@ -61,7 +61,7 @@ class WorkerList(BaseModel):
     local_build: int | None = None
 
 
-def _spec(config: Config, worker: str) -> WorkerSpec:
+def worker_spec(config: Config, worker: str) -> WorkerSpec:
     known = config.host.workers
     if worker not in known:
         raise ValidationError("worker", worker, f"is not in [global] (known: {', '.join(known) or 'none'}); "
@@ -142,7 +142,7 @@ def list_workers(config: Config) -> WorkerList:
 
 
 def worker_status(config: Config, worker: str) -> WorkerView:
-    return _view(config, _spec(config, worker), _local_build(config), _users(config).get(worker, []))
+    return _view(config, worker_spec(config, worker), _local_build(config), _users(config).get(worker, []))
 
 
 def _check_build(spec: WorkerSpec, info: dict[str, Any], local_build: int | None) -> None:
@@ -170,7 +170,7 @@ def _start(spec: WorkerSpec, local_build: int | None) -> tuple[dict[str, Any], b
 
 def start_worker(config: Config, worker: str) -> WorkerView:
     """Start a worker's RPC server (its build checked first)."""
-    spec = _spec(config, worker)
+    spec = worker_spec(config, worker)
     local = _local_build(config)
     _start(spec, local)
     return _view(config, spec, local, _users(config).get(worker, []))
@@ -178,7 +178,7 @@ def start_worker(config: Config, worker: str) -> WorkerView:
 
 def stop_worker(config: Config, worker: str, force: bool = False) -> WorkerView:
     """Stop a worker's RPC server; refused while a running profile uses it, unless ``force``."""
-    spec = _spec(config, worker)
+    spec = worker_spec(config, worker)
     users = _users(config).get(worker, [])
     if users and not force:
         raise ValidationError("worker", worker, f"is in use by {', '.join(users)}: stop those first, or force "
