@@ -343,3 +343,42 @@ def _strip(value, ignore: set[str]):  # type: ignore[no-untyped-def]
     if isinstance(value, list):
         return [_strip(v, ignore) for v in value]
     return value
+
+
+def test_plan_places_a_model_across_the_workers_devices_and_names_them(agents, write_conf, demo_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    from mcp_server.placement.operations import apply_placement, plan_placement
+
+    a, b = agents("a"), agents("b")
+    conf = _project(write_conf, demo_gguf, [a.line(), b.line()], "a,b")
+    config = load_config(conf)
+    planned = plan_placement(config, "demo.gguf", 4096, "none", workers=["a", "b"]).plan
+    names = [f"RPC0[127.0.0.1:{a.rpc_port}]", f"RPC0[127.0.0.1:{b.rpc_port}]"]
+    assert [d.device for d in planned.estimate.devices] == names
+    assert planned.strategy == "layer-split" and planned.settings["WORKERS"] == "a,b"
+    assert all(d.weights_mib > 0 for d in planned.estimate.devices)
+    assert any(n.startswith("fits across") and names[0] in n for n in planned.notes)
+    # A profile with WORKERS is planned on its workers, and the edit keeps them.
+    applied = apply_placement(config, "split", gpus="none", dry_run=True, agent=False)
+    assert applied.plan.settings["WORKERS"] == "a,b" and "TENSOR_SPLIT" in applied.plan.settings
+    assert _rpc_servers([a, b]) == []  # planning asks the agents; it starts nothing
+
+
+def test_a_worker_out_of_memory_is_diagnosed_with_its_device_and_worker(
+        agents, write_conf, demo_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    """A worker whose RPC server may map only 3 GiB (RLIMIT_AS, inherited from its agent) is asked
+    for a 6.5 GB buffer: the real allocation failure, on the worker, as llama-server reports it."""
+    from mcp_server.model_files.synthetic import write_model
+    from mcp_server.runtime.lifecycle import Runtime, StartFailed
+
+    small = agents("small", prefix=["prlimit", f"--as={3 << 30}"])
+    conf = _project(write_conf, demo_gguf, [small.line()], "small")
+    write_model("dense", conf.parent / "models" / "big.gguf", dict(
+        n_layer=8, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128, n_ff=14336, n_ctx_train=4096, n_vocab=32000),
+        sparse=True)
+    conf.write_text(conf.read_text() + "\n[big]\nMODEL=big.gguf\nCTX_SIZE=512\nN_GPU_LAYERS=all\nWORKERS=small\n")
+    with pytest.raises(StartFailed) as failed:
+        Runtime(load_config(conf)).start_model("big")
+    diagnosis = failed.value.diagnosis
+    assert diagnosis.cause == "oom" and diagnosis.worker == "small", diagnosis
+    assert diagnosis.device == f"RPC0[127.0.0.1:{small.rpc_port}]" and "worker small" in diagnosis.summary
+    assert _rpc_servers([small]) == []

@@ -127,10 +127,11 @@ def estimate_fit_cmd(ctx: click.Context, profile: str | None, model: str | None,
 @click.option("--slots", type=click.IntRange(1), default=1, show_default=True, help="Parallel requests.")
 @click.option("--reserve", "reserve_mib", type=click.FloatRange(0), default=384, show_default=True,
               help="MiB to keep free per GPU beyond the estimate.")
+@click.option("--workers", help="Also place on these RPC workers' devices (comma separated ids from list-workers).")
 @json_option
 @click.pass_context
 def plan_placement_cmd(ctx: click.Context, model: str, n_ctx: int, gpus: str | None, kv_type: str, slots: int,
-                       reserve_mib: float, as_json: bool) -> None:
+                       reserve_mib: float, workers: str | None, as_json: bool) -> None:
     """Propose placement settings for a GGUF MODEL file on the GPUs (writes nothing: apply-placement does).
 
     MODEL is a file (absolute or relative to here) or a path under MODELS_DIR."""
@@ -138,7 +139,8 @@ def plan_placement_cmd(ctx: click.Context, model: str, n_ctx: int, gpus: str | N
 
     with cli_errors():
         result = plan_placement(config_or_none(ctx), model, n_ctx, gpus, kv_type=kv_type, slots=slots,
-                                reserve_mib=reserve_mib, agent=False)
+                                reserve_mib=reserve_mib, agent=False,
+                                workers=[w.strip() for w in workers.split(",")] if workers else None)
     _render_plan(result, as_json)
 
 

@@ -281,25 +281,35 @@ class PlanResult(BaseModel):
 
 def plan_placement(config: Config | None, model: str, ctx: int = 0, gpus: str | None = None, *,
                    kv_type: str = "f16", slots: int = 1, ubatch: int = 512,
-                   reserve_mib: float = DEFAULT_RESERVE_MIB, agent: bool = True) -> PlanResult:
+                   reserve_mib: float = DEFAULT_RESERVE_MIB, agent: bool = True,
+                   workers: list[str] | None = None) -> PlanResult:
     """Choose placement settings for a model file. Reads only; :func:`apply_placement` writes them.
 
     ``model`` is found as :func:`~mcp_server.model_files.local.model_file` finds it (agents: only
     under MODELS_DIR)."""
     from mcp_server.model_files.local import model_file
 
-    return _plan(model_file(config, model, agent=agent), model, ctx, gpus, kv_type, slots, ubatch, reserve_mib)
+    if workers and config is None:
+        raise ValidationError("workers", ",".join(workers), "needs a models.conf whose [global] names them")
+    return _plan(model_file(config, model, agent=agent), model, ctx, gpus, kv_type, slots, ubatch, reserve_mib,
+                 config if workers else None, workers or [])
 
 
 def _plan(path: Path, name: str, ctx: int, gpus: str | None, kv_type: str, slots: int, ubatch: int,
-          reserve_mib: float) -> PlanResult:
+          reserve_mib: float, config: Config | None = None, workers: list[str] | None = None) -> PlanResult:
     info = read_layout(path)
     require_complete(info, name)  # a plan for a half-downloaded file would only fail at start
     inventory = gpu_inventory(gpus)
     overhead, _ = inventory.overhead()
+    if workers and config is not None:
+        inventory = with_workers(inventory, config, workers)
+    remote = sum(1 for g in inventory.gpus if g.worker)
     result = choose_placement(info, gpus_free_mib=inventory.free, ctx=ctx, kv_type=kv_type, slots=slots,
                               ubatch=ubatch, reserve_mib=reserve_mib, overhead_mib=overhead,
-                              host_free_mib=_host_available_mib())
+                              host_free_mib=_host_available_mib(), device_names=inventory.names,
+                              device_overheads=inventory.overheads, remote=remote)
+    if workers:
+        result.settings["WORKERS"] = ",".join(workers)
     return PlanResult(plan=result, inventory=inventory)
 
 
@@ -324,7 +334,8 @@ def apply_placement(config: Config, profile: str, model: str | None = None, ctx:
         raise ValidationError("model", name, f"[{profile}]'s MODEL cannot be found; give the model file to plan")
     planned = _plan(path, name, ctx if ctx is not None else _int(current.get("CTX_SIZE"), 0), gpus,
                     kv_type or current.get("KV_CACHE_TYPE_K") or "f16",
-                    slots if slots is not None else _int(current.get("PARALLEL"), 1), ubatch, reserve_mib)
+                    slots if slots is not None else _int(current.get("PARALLEL"), 1), ubatch, reserve_mib,
+                    config, [w.id for w in profile_workers(current, config)])
     existing = config.model_path(current)
     moves = existing is None or existing.resolve() != path.resolve()
     planned.edit = write_plan(config, profile, planned.plan, dry_run=dry_run,

@@ -57,8 +57,14 @@ class Plan(BaseModel):
 def choose_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: int = 0, kv_type: str = "f16",
                    slots: int = 1, ubatch: int = 512, reserve_mib: float = DEFAULT_RESERVE_MIB,
                    overhead_mib: float | None = None, min_ctx: int = 4096,
-                   host_free_mib: float | None = None) -> Plan:
-    """Plan settings for ``info`` on GPUs with the given free memory (MiB) at context ``ctx`` (0 = training)."""
+                   host_free_mib: float | None = None, device_names: list[str] | None = None,
+                   device_overheads: list[float | None] | None = None, remote: int = 0) -> Plan:
+    """Plan settings for ``info`` on GPUs with the given free memory (MiB) at context ``ctx`` (0 = training).
+
+    ``remote``: how many of the devices (the first ones, named in ``device_names``) are RPC workers'.
+    Those plans split the model over every device (a single device is not tried: the workers were
+    asked for), and search with the GPU overhead everywhere, which over-counts a worker's CPU device:
+    safe, not tight."""
     if kv_type not in KV_TYPES:
         raise ValidationError("kv_type", kv_type, f"must be one of {', '.join(KV_TYPES)}")
     if slots < 1:
@@ -72,7 +78,7 @@ def choose_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: i
     while True:
         base = Settings(n_ctx=n_ctx, n_parallel=slots, n_ubatch=ubatch, cache_type_k=kv_type, cache_type_v=kv_type,
                         flash_attn="on" if kv_type not in ("f16", "f32", "bf16") else "auto", fit=False)
-        found = _search(info, base, budgets, overhead_mib)
+        found = _search(info, base, budgets, overhead_mib, single=remote == 0)
         if found is not None or n_ctx // 2 < min_ctx or not budgets:  # no GPU: a shorter context buys nothing
             break
         n_ctx //= 2
@@ -85,8 +91,13 @@ def choose_placement(info: GGUFInspection, *, gpus_free_mib: list[float], ctx: i
     if strategy == "single-gpu":
         est = estimate(info, replace(settings, main_gpu=0), [gpus_free_mib[settings.main_gpu]], overhead_mib)
     else:
-        est = estimate(info, settings, list(gpus_free_mib), overhead_mib)
-    return _describe(info, strategy, settings, est, budgets, requested, n_ctx, traded, host_free_mib)
+        est = estimate(info, settings, list(gpus_free_mib), overhead_mib, device_names=device_names,
+                       device_overheads=device_overheads)
+    plan = _describe(info, strategy, settings, est, budgets, requested, n_ctx, traded, host_free_mib)
+    if remote and est.fits:
+        used = [d.device for d in est.devices if d.weights_mib > 0]
+        plan.notes.append(f"fits across {', '.join(used)} at {n_ctx} tokens of context")
+    return plan
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -99,11 +110,12 @@ def _fits(est: Estimate, budgets: list[float]) -> bool:
     return all(d.total_mib <= b for d, b in zip(est.devices, budgets))
 
 
-def _search(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None) -> Found | None:
+def _search(info: GGUFInspection, base: Settings, budgets: list[float], overhead: float | None,
+            single: bool = True) -> Found | None:
     if not budgets:
         return None
     # 1. one GPU, largest budget first (the process is then shown only that GPU: see _describe)
-    for gpu in sorted(range(len(budgets)), key=lambda g: -budgets[g]):
+    for gpu in sorted(range(len(budgets)), key=lambda g: -budgets[g]) if single else ():
         s = replace(base, split_mode="none", main_gpu=gpu, n_gpu_layers=-1)
         est = estimate(info, replace(s, main_gpu=0), [budgets[gpu]], overhead)
         if est.devices[0].total_mib <= budgets[gpu]:

@@ -72,11 +72,14 @@ def register(mcp: MCPServer, config_path: str | Path | None) -> None:
         kv_type: KvCacheType = "f16",
         slots: Slots = 1,
         reserve_mib: ReserveMib = 384,
+        workers: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]] | None, Field(
+            description="also place on these RPC workers' devices (ids from list_workers): the plan splits the "
+                        "model over them and the local GPUs, and sets WORKERS")] = None,
     ) -> PlanResult:
         """Choose placement settings for a model file on the GPUs, writing nothing: the whole model on one GPU if it fits, else a layer split sized to each GPU, else (MoE) routed experts moved to the CPU layer by layer while attention, shared experts and KV cache stay on the GPUs, else (dense) layers on the CPU with a warning, reducing the context last. Returns models.conf settings (pass them as create_profile values), the predicted per-device use and what was traded. To write a plan into an existing profile use apply_placement; to size settings you already have use estimate_fit."""
         return await in_thread(lambda: operations.plan_placement(
             load_config(config_path), model, ctx, gpus, kv_type=kv_type, slots=slots, reserve_mib=reserve_mib,
-            agent=True))
+            agent=True, workers=workers))
 
     @mcp.tool(annotations=OVERWRITES)
     async def apply_placement(
