@@ -176,7 +176,7 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
     baseline = space.baseline()
     say(f"search done: {canonical(_tuned(outcome.best, space))}; now {rounds} paired rounds against --fit")
     try:
-        pair = paired(outcome.best, baseline, fresh, rounds, outcome.noise, goal, cancelled)
+        pair = paired(outcome.best, baseline, fresh, rounds, outcome.noise, goal, cancelled, say)
     except CandidateFailed as exc:
         if cancelled():
             raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept") from None

@@ -169,7 +169,8 @@ class Paired(BaseModel):
 
 
 def paired(winner: Values, baseline: Values, measure: Callable[[Values], Sample], rounds: int, noise: float,
-           goal: Goal = "generation", cancelled: Callable[[], bool] = lambda: False) -> Paired:
+           goal: Goal = "generation", cancelled: Callable[[], bool] = lambda: False,
+           say: Callable[[str], None] = lambda _: None) -> Paired:
     """Winner and baseline measured alternately (baseline first in odd rounds, second in even ones,
     so drift hits both alike); ratios per round, reported as the median and its range."""
     won: list[Sample] = []
@@ -180,6 +181,8 @@ def paired(winner: Values, baseline: Values, measure: Callable[[Values], Sample]
         order = [(winner, won), (baseline, base)] if i % 2 else [(baseline, base), (winner, won)]
         for values, into in order:
             into.append(measure(values))
+            say(f"paired round {i + 1}/{rounds}: {'winner' if into is won else '--fit'} "
+                f"{into[-1].gen_tps:.2f} t/s generation, {into[-1].prompt_tps:.1f} prompt ({into[-1].seconds:.0f} s)")
     gen = [w.gen_tps / b.gen_tps for w, b in zip(won, base)]
     prompt = [w.prompt_tps / b.prompt_tps for w, b in zip(won, base)]
     if not gen:
