@@ -7,6 +7,10 @@ free memory (sampled every 20 ms) never went below serve's reserve.
 
     LLAMA_SERVER=<CUDA llama-server> python benchmarks/serve_gpu.py --budget-gib 24 \
         --out docs/gpu-validation/serve-h200.md --raw docs/gpu-validation/raw/serve-h200.json
+
+Two GPUs (``--budget-gib 24,16``, the 4090 + 5070 Ti pair): one model pinned to each GPU
+(``VISIBLE_DEVICES``), which fit side by side, and a third split over both (``TENSOR_SPLIT=24,16``),
+which needs the two GPUs to itself; NVML is sampled on both.
 """
 
 from __future__ import annotations
@@ -39,49 +43,64 @@ SHAPES = {
 }
 
 
-def nvml_free_sampler(stop: threading.Event, out: list[tuple[float, int]]) -> None:
+# Two GPUs held to 24 + 16 GiB: 12 and 10.5 GiB of F16 weights (one per GPU, side by side), and 28 GiB
+# split over both (which neither other model can share).
+PAIR_SHAPES = {
+    "pair-a": (dict(n_layer=64, n_embd=3072, n_head=24, n_head_kv=8, n_ff=8192, n_ctx_train=32768, weight_type=F16),
+               {"VISIBLE_DEVICES": "0"}),
+    "pair-b": (dict(n_layer=56, n_embd=3072, n_head=24, n_head_kv=8, n_ff=8192, n_ctx_train=32768, weight_type=F16),
+               {"VISIBLE_DEVICES": "1"}),
+    "pair-c": (dict(n_layer=150, n_embd=3072, n_head=24, n_head_kv=8, n_ff=8192, n_ctx_train=32768, weight_type=F16),
+               {"TENSOR_SPLIT": "24,16"}),
+}
+
+
+def nvml_free_sampler(stop: threading.Event, out: list[tuple[float, int]], gpus: int = 1) -> None:
+    """Free MiB every 20 ms: one tuple per sample, (time, free on GPU 0, free on GPU 1, ...)."""
     import pynvml
 
     pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(gpus)]
     while not stop.is_set():
-        out.append((time.time(), pynvml.nvmlDeviceGetMemoryInfo(handle).free // 2**20))
+        out.append((time.time(), *(pynvml.nvmlDeviceGetMemoryInfo(h).free // 2**20 for h in handles)))
         time.sleep(0.02)
     pynvml.nvmlShutdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-gib", type=float, default=24)
+    parser.add_argument("--budget-gib", default="24", help="free GiB per GPU: 24, or 24,16 for a pair")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-client", type=int, default=12)
     parser.add_argument("--max-wait", type=float, default=3.0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--raw", type=Path)
     args = parser.parse_args()
+    budgets = [float(b) for b in str(args.budget_gib).split(",")]
+    shapes = {n: (shape, {}) for n, shape in SHAPES.items()} if len(budgets) == 1 else PAIR_SHAPES
     work = Path(tempfile.mkdtemp(prefix="serve-gpu-"))
     os.environ["LLAMA_PILOT_HOME"] = str(work / "home")
     (work / "models").mkdir()
-    for name, shape in SHAPES.items():
+    for name, (shape, _) in shapes.items():
         write_model("dense", work / "models" / f"{name}.gguf", shape, sparse=True)
     conf = work / "models.conf"
     lines = ["[global]", "MODELS_DIR=models", f"PORT={free_port()}", f"SERVE_PORT={free_port()}",
              f"SERVE_MAX_WAIT={args.max_wait}", "PARALLEL=1", "CTX_SIZE=8192", "N_GPU_LAYERS=all", "FIT=off",
              "FLASH_ATTN=on", ""]
-    for name in SHAPES:
-        lines += [f"[{name}]", f"MODEL={name}.gguf", ""]
+    for name, (_, keys) in shapes.items():
+        lines += [f"[{name}]", f"MODEL={name}.gguf", *(f"{k}={v}" for k, v in keys.items()), ""]
     conf.write_text("\n".join(lines))
     result: dict[str, Any] = {"budget_gib": args.budget_gib, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    with held_budget([int(args.budget_gib * 1024)]) as free:
+    with held_budget([int(b * 1024) for b in budgets]) as free:
         result["held_free_mib"] = free
         ep = Endpoint(conf, work / "serve.log").start(timeout=60)
         samples: list[tuple[float, int]] = []
         stop = threading.Event()
-        sampler = threading.Thread(target=nvml_free_sampler, args=(stop, samples), daemon=True)
+        sampler = threading.Thread(target=nvml_free_sampler, args=(stop, samples, len(budgets)), daemon=True)
         sampler.start()
         answers: list[dict[str, Any]] = []
         lock = threading.Lock()
-        names = list(SHAPES)
+        names = list(shapes)
 
         def client(i: int) -> None:
             with httpx.Client(timeout=600) as http:
@@ -121,7 +140,9 @@ def main() -> None:
         "wrong_model": [a for a in answers if a["status"] == 200 and (a["served"] != a["asked"]
                                                                      or a["asked"] not in str(a["upstream_model"]))][:5],
         "longest_s": max(a["seconds"] for a in answers), "counters": status["counters"],
-        "swaps": status["swaps"], "nvml_min_free_mib": min(v for _, v in samples), "reserve_mib": reserve,
+        "swaps": status["swaps"], "nvml_min_free_mib": min(min(s[1:]) for s in samples),
+        "nvml_min_free_per_gpu_mib": [min(s[i] for s in samples) for i in range(1, len(budgets) + 1)],
+        "reserve_mib": reserve,
         "nvml_samples": len(samples)})
     print(json.dumps({k: v for k, v in result.items() if k != "swaps"}, indent=2))
     if args.raw:
@@ -134,8 +155,8 @@ def main() -> None:
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     ok = lambda cond: "pass" if cond else "FAIL"  # noqa: E731
     loads = [s for s in r["swaps"] if s["action"] == "load"]
-    lines = [f"# `serve` on one H200 held to {r['budget_gib']:g} GiB ({r['date']})", "",
-             f"Produced by `benchmarks/serve_gpu.py --budget-gib {args.budget_gib:g} --clients {args.clients} "
+    lines = [f"# `serve` on H200s held to {r['budget_gib']} GiB ({r['date']})", "",
+             f"Produced by `benchmarks/serve_gpu.py --budget-gib {args.budget_gib} --clients {args.clients} "
              f"--per-client {args.per_client} --max-wait {args.max_wait:g}` with the CUDA sm_90 llama-server. A "
              f"helper allocation left {r['held_free_mib']} MiB free. Three sparse synthetic dense models (F16, all "
              "layers on the GPU, 8k context, flash attention, fit off); serve's footprints (from the estimator):", ""]
@@ -146,7 +167,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
               f"| every answer from the model it named (serve's header and llama-server's own `model`) | "
               f"{ok(not r['wrong_model'])} | {len(r['wrong_model'])} wrong |",
               f"| NVML free memory never below the reserve | {ok(r['nvml_min_free_mib'] >= r['reserve_mib'])} | "
-              f"min {r['nvml_min_free_mib']} MiB over {r['nvml_samples']} samples (20 ms apart), reserve "
+              f"min {r['nvml_min_free_per_gpu_mib']} MiB per GPU over {r['nvml_samples']} samples (20 ms apart), reserve "
               f"{r['reserve_mib']} MiB |",
               f"| swaps | - | {r['counters']['swaps']} swaps in {r['counters']['loads']} loads, "
               f"{r['duration_s']:.1f} s; longest answer {r['longest_s']:.1f} s |", "",

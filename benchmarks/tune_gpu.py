@@ -40,7 +40,7 @@ SHAPES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=sorted(SHAPES), default="moe")
-    parser.add_argument("--budget-gib", type=float, default=24)
+    parser.add_argument("--budget-gib", default="24", help="free GiB per GPU: 24, or 24,16 for a pair")
     parser.add_argument("--ctx", type=int, default=32768)
     parser.add_argument("--minutes", type=float, default=4)
     parser.add_argument("--depth", type=int, default=1024)
@@ -76,7 +76,7 @@ def main() -> None:
 
     report = {"kind": args.kind, "model_gib": round(model.stat().st_size / 2**30, 1),
                     "budget_gib": args.budget_gib, "ctx": args.ctx, "depth": args.depth, "runs": []}
-    with held_budget([int(args.budget_gib * 1024)]):
+    with held_budget([int(float(b) * 1024) for b in str(args.budget_gib).split(",")]):
         for attempt in range(2 if args.again else 1):
             started = time.monotonic()
             result = run_tune(load_config(conf), args.kind, "generation", args.minutes, args.depth, rounds=args.rounds,

@@ -134,6 +134,10 @@ def test_the_demo_split_over_two_workers_generates_the_local_tokens_and_stop_lea
         assert [(w.id, w.reachable, w.rpc_running, w.used_by, w.same_build) for w in listing.workers] == \
             [("a", True, True, ["split"], True), ("b", True, True, ["split"], True)]
         assert {d.device for d in gpu_stats_with_workers(config).workers} == set(remote)
+        from mcp_server.dashboard.app import render_workers
+
+        shown = render_workers(listing)[1]  # the dashboard's panel, as plain text
+        assert "RPC running, used by split" in shown and all(name in shown for name in remote)
         # The estimator places on the workers' devices the weights llama.cpp put there.
         estimated = {d.device: d for d in estimate_fit(config, "split").estimate.devices}
         for name, logged in remote.items():

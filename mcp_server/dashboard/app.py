@@ -304,10 +304,12 @@ class Polled(Message):
     """The poller's news: the instances (when asked this round), the one shown, its new log lines."""
 
     def __init__(self, views: list[InstanceView] | None, current: InstanceView | None, lines: list[str],
-                 changed: bool, speed: ReplySpeed | None, error: str | None = None, serve: Any = None) -> None:
+                 changed: bool, speed: ReplySpeed | None, error: str | None = None, serve: Any = None,
+                 workers: Any = None) -> None:
         super().__init__()
         self.views, self.current, self.lines, self.changed = views, current, lines, changed
         self.speed, self.error, self.serve = speed, error, serve
+        self.workers = workers
 
 
 class OperationProgress(Message):
@@ -339,6 +341,9 @@ def choose_current(views: list[InstanceView], shown: InstanceView | None) -> Ins
     return next((v for v in views if v.id == shown.id), None)
 
 
+WORKERS_EVERY_S = 10.0
+
+
 class Poller:
     """Runs in a thread worker: status every ``interval_s``, the shown log every ``LOG_TICK_S``."""
 
@@ -359,7 +364,8 @@ class Poller:
         runtime: Runtime | None = None
         follower = LogFollower()
         current: InstanceView | None = None
-        next_status = 0.0
+        next_status = next_workers = 0.0
+        workers = None
         while not (self.stopped.is_set() or cancelled()):
             views, changed, error, serve = None, False, None, None
             if self._wake.is_set() or time.monotonic() >= next_status:
@@ -369,6 +375,12 @@ class Poller:
                     runtime = runtime or Runtime(load_config(self.config_path))
                     views = runtime.status().instances
                     serve = _serve_status(runtime)
+                    if runtime.config.host.workers and time.monotonic() >= next_workers:
+                        # Each worker is an HTTP round trip to its agent: asked less often than status.
+                        from mcp_server.workers.operations import list_workers
+
+                        next_workers = time.monotonic() + WORKERS_EVERY_S
+                        workers = list_workers(runtime.config)
                 except LlamaPilotError as exc:
                     error = str(exc)
                 except Exception as exc:  # a poll must never end the dashboard
@@ -383,7 +395,7 @@ class Poller:
             except OSError as exc:
                 lines, error = [], f"cannot read the log: {exc}"
             if views is not None or lines or error:
-                self.post(Polled(views, current, lines, changed, follower.speed.last, error, serve))
+                self.post(Polled(views, current, lines, changed, follower.speed.last, error, serve, workers))
             self._wake.wait(LOG_TICK_S)
 
 
@@ -567,6 +579,29 @@ def render_serve(status: Any) -> tuple[RenderableType, str]:
     counters = status.counters
     text.append(f"  served {counters.get('served', 0)}, swaps {counters.get('swaps', 0)}, "
                 f"429 {counters.get('rejected', 0)}\n", style="dim")
+    return text, text.plain
+
+
+def render_workers(listing: Any) -> tuple[Text, str]:
+    """The RPC workers' devices (models.conf's WORKER_<id> lines), as their agents last reported them."""
+    if listing is None or not listing.workers:
+        return Text(""), ""
+    text = Text()
+    text.append("\nWorkers (RPC devices lent to this machine)\n", style="bold")
+    for w in listing.workers:
+        if not w.reachable:
+            text.append(f"  {w.id:<10} ", style="bold")
+            text.append(f"unreachable: {w.error}\n", style="red")
+            continue
+        state = "RPC running" if w.rpc_running else "RPC stopped"
+        users = f", used by {', '.join(w.used_by)}" if w.used_by else ""
+        build = "" if w.same_build in (True, None) else f", build {w.build_number} (not this machine's)"
+        text.append(f"  {w.id:<10} ", style="bold")
+        text.append(f"{state}{users}{build}\n", style="green" if w.rpc_running else "dim")
+        for d in w.devices:
+            used = f"{size_mib((d.total_mib or 0) - d.free_mib)} / {size_mib(d.total_mib)}" if d.total_mib else \
+                f"{size_mib(d.free_mib)} free"
+            text.append(f"    {d.device}  {d.name}  {used}\n", style="dim")
     return text, text.plain
 
 
@@ -852,7 +887,9 @@ class Dashboard(App[str | None]):
     def on_polled(self, message: Polled) -> None:
         if message.views is not None:
             self.views, self.current = message.views, message.current
-            self.main.query_one("#serve", Panel).show(*render_serve(message.serve))
+            served, served_plain = render_serve(message.serve)
+            lent, lent_plain = render_workers(message.workers)
+            self.main.query_one("#serve", Panel).show(Group(served, lent), served_plain + lent_plain)
         if message.error:
             self.message = (message.error, "red")
         log = self.main.query_one(Log)

@@ -470,7 +470,11 @@ class Runtime:
         from mcp_server.workers.client import WorkerError
         from mcp_server.workers.operations import prepare_workers
 
-        build = describe_engine(engine, "explicit").build_number if engine != "llama-server" else None
+        if engine == "llama-server":  # the Docker backend: its loopback is not this machine's
+            raise StartRefused(Diagnosis(cause="invalid-argument", summary=f"{profile.id}: WORKERS needs the native "
+                                         "backend (inside a container the workers' addresses are not reachable as "
+                                         "written)", fix="set BACKEND=native for this profile"))
+        build = describe_engine(engine, "explicit").build_number
         try:
             return prepare_workers(self.config, specs, build)
         except WorkerError as exc:
