@@ -45,7 +45,8 @@ written for the person or agent reading it and says what to do next. Codes in br
     ├── WorkerError [worker]                      an RPC worker's agent answered with an error (workers.client)
     │   ├── WorkerUnreachable [worker-unreachable] nothing answers at the worker's agent URL
     │   ├── WorkerTokenRefused [worker-token-refused] no token, or the agent refused it (401)
-    │   └── WorkerVersionMismatch [worker-version-mismatch] the worker runs another llama.cpp build
+    │   ├── WorkerVersionMismatch [worker-version-mismatch] the worker runs another llama.cpp build
+    │   └── WorkerBusy [worker-busy]              a running profile uses the worker (one client per RPC server)
     ├── RpcError [rpc-server]                     a worker's ggml-rpc-server cannot start (workers.rpc)
     ├── DemoModelError [demo-model]               the demo GGUF cannot be installed or verified
     └── StorageError [storage]                    a file or folder cannot be written (read-only, full, no permission)

@@ -137,6 +137,30 @@ def test_the_estimator_prunes_and_repair_finds_the_tightest_safe_expert_placemen
     assert int(out.best["N_CPU_MOE"]) == n
 
 
+def test_a_profile_on_the_second_gpu_is_pruned_against_that_gpu(write_conf) -> None:  # type: ignore[no-untyped-def]
+    """VISIBLE_DEVICES=1 on a 24 + 8 GiB pair: tune narrows the inventory to the 8 GiB card once, and
+    each candidate's estimate keeps it narrowed (narrowing again used to ask for a GPU 1 of one GPU)."""
+    from mcp_server.model_files.layout import read_layout
+    from mcp_server.model_files.synthetic import write_model
+    from mcp_server.placement.operations import gpu_inventory, visible_to
+    from mcp_server.profiles.config import load_config
+    from mcp_server.tune.space import Space
+
+    conf = write_conf("[global]\nMODELS_DIR=models\n\n[moe]\nMODEL=moe.gguf\nCTX_SIZE=8192\nVISIBLE_DEVICES=1\n")
+    shape = dict(n_layer=16, n_embd=2048, n_head=16, n_head_kv=4, head_dim=128, n_expert=64, n_expert_used=4,
+                 n_ff_expert=1024, n_ctx_train=32768, n_vocab=32000)
+    (path,) = write_model("moe", conf.parent / "models" / "moe.gguf", shape, sparse=True)
+    config = load_config(conf)
+    inventory = visible_to(gpu_inventory("24GiB,4GiB"), [1])
+    assert inventory.free == [4096.0] and inventory.visible == [1]
+    assert visible_to(inventory, [1]) == inventory
+    space = Space(config=config, profile=config.profile("moe"), info=read_layout(path), inventory=inventory,
+                  reserve_mib=384, threads=(4, 8))
+    start, why = space.repair(space.start())
+    assert start is not None and why is None
+    assert 0 < int(start["N_CPU_MOE"]) < 16  # placed against the 4 GiB card, not the 24 GiB one
+
+
 @pytest.mark.parametrize("goal", ["generation", "prompt"])
 def test_knob_order_follows_the_goal(goal: str, write_conf) -> None:  # type: ignore[no-untyped-def]
     from mcp_server.model_files.synthetic import DenseShape, write_dense

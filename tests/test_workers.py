@@ -386,3 +386,61 @@ def test_a_worker_out_of_memory_is_diagnosed_with_its_device_and_worker(
     assert diagnosis.cause == "oom" and diagnosis.worker == "small", diagnosis
     assert diagnosis.device == f"RPC0[127.0.0.1:{small.rpc_port}]" and "worker small" in diagnosis.summary
     assert _rpc_servers([small]) == []
+
+
+def test_tune_across_a_worker_brings_its_rpc_server_up_for_the_tune_and_stops_it_after(
+        agents, write_conf, demo_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    """The demo with WORKERS=a tuned on this CPU machine: the worker's device is the one device the
+    estimator places layers on, every load runs over it, and the tune leaves no RPC server behind."""
+    from mcp_server.errors import ValidationError
+    from mcp_server.placement import calibration
+    from mcp_server.tune.operations import run_tune
+
+    a = agents("a")
+    conf = _project(write_conf, demo_gguf, [a.line()], "a")
+    said: list[str] = []
+    result = run_tune(load_config(conf), "split", minutes=0.3, depth=32, source="server", rounds=1, gen_tokens=8,
+                      full_context_check=False, say=said.append)
+    assert any("0 GPU(s) + 1 worker device(s)" in line for line in said), said
+    assert result.winner.get("N_GPU_LAYERS") not in (None, "0")  # layers placed on the worker's device
+    assert result.paired is not None and result.paired.rounds == 1 and result.paired.gen_ratio > 0
+    assert result.memory_mib and any(k.startswith("RPC0[") and v > 50 for k, v in result.memory_mib.items())
+    assert _rpc_servers([a]) == []  # started by the tune, stopped by it
+    # Each load's memory record has the worker's device as a device of its own (not host memory),
+    # predicted for it: the placed candidates within 10% of llama.cpp's buffers there.
+    rpc = [d for m in calibration.measurements() if m.profile == "split" for d in m.devices
+           if d.device.startswith("RPC0[")]
+    assert rpc and all(d.logged_mib for d in rpc)
+    assert any(abs(d.predicted_mib - d.logged_mib) <= 0.1 * d.logged_mib for d in rpc), \
+        [(d.predicted_mib, d.logged_mib) for d in rpc]
+    with pytest.raises(ValidationError, match="source=server"):
+        run_tune(load_config(conf), "split", minutes=0.1, source="llama-bench")
+
+
+def test_a_worker_serving_one_profile_refuses_a_second_and_a_tune_naming_the_user(
+        agents, write_conf, demo_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+    """ggml-rpc-server serves one client at a time: a second llama-server on the same worker would
+    hang at load. It is refused before anything starts, and the first keeps running."""
+    from mcp_server.runtime.lifecycle import Runtime, StartRefused
+    from mcp_server.tune.operations import run_tune
+    from mcp_server.workers.client import WorkerBusy
+
+    a = agents("a")
+    conf = _project(write_conf, demo_gguf, [a.line()], "a")
+    with conf.open("a") as out:
+        out.write("\n[other]\nMODEL=demo.gguf\nCTX_SIZE=512\nPARALLEL=1\nN_GPU_LAYERS=all\nWORKERS=a\n")
+    config = load_config(conf)
+    runtime = Runtime(config)
+    split = runtime.start_model("split")
+    try:
+        expected = _greedy(split.url, 8)
+        with pytest.raises(StartRefused) as refused:
+            runtime.start_model("other")
+        diagnosis = refused.value.diagnosis
+        assert diagnosis.cause == "worker-busy" and diagnosis.worker == "a" and "stop split" in diagnosis.fix
+        with pytest.raises(WorkerBusy, match="serving split"):
+            run_tune(config, "other", minutes=0.1, depth=16, rounds=1, full_context_check=False)
+        assert len(_rpc_servers([a])) == 1 and _greedy(split.url, 8) == expected  # the first one still serves
+    finally:
+        runtime.stop_model("split")
+    assert _rpc_servers([a]) == []

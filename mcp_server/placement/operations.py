@@ -47,6 +47,8 @@ class Inventory(BaseModel):
     source: Literal["declared", "nvml", "none"]
     gpus: list[GpuSlot]
     note: str | None = None
+    visible: list[int] | None = Field(None, description="the physical GPUs these are, when narrowed to "
+                                      "VISIBLE_DEVICES (renumbered CUDA0..)")
 
     @property
     def free(self) -> list[float]:
@@ -105,6 +107,8 @@ def gpu_inventory(declared: str | None = None) -> Inventory:
 def with_workers(inventory: Inventory, config: Config, workers: list[str]) -> Inventory:
     """The devices ``workers`` lend, with their free memory as each agent reports it now, before the
     local GPUs (llama.cpp's order: RPC devices first)."""
+    present = {g.worker for g in inventory.gpus if g.worker}
+    workers = [w for w in workers if w not in present]  # a tune passes its workers in, asked once
     if not workers:
         return inventory
     from mcp_server.workers.client import call
@@ -119,20 +123,20 @@ def with_workers(inventory: Inventory, config: Config, workers: list[str]) -> In
                                  overhead_mib=None if d.gpu else RPC_CPU_OVERHEAD_MIB))
     source = inventory.source if inventory.gpus else "nvml"
     note = f"RPC workers {', '.join(workers)} first" + (f"; {inventory.note}" if inventory.note else "")
-    return Inventory(source=source, gpus=slots + inventory.gpus, note=note)
+    return Inventory(source=source, gpus=slots + inventory.gpus, note=note, visible=inventory.visible)
 
 
 def visible_to(inventory: Inventory, visible: list[int] | None) -> Inventory:
     """The GPUs a process with CUDA_VISIBLE_DEVICES=visible sees, renumbered CUDA0.. as llama.cpp does."""
-    if visible is None or not inventory.gpus:
-        return inventory
+    if visible is None or not inventory.gpus or inventory.visible is not None:
+        return inventory  # already narrowed (a tune narrows once, then estimates many drafts)
     missing = [v for v in visible if v >= len(inventory.gpus)]
     if missing:
         raise ValidationError("VISIBLE_DEVICES", ",".join(map(str, visible)),
                               f"GPU {missing[0]} is not in the inventory ({len(inventory.gpus)} GPU(s))")
     gpus = [inventory.gpus[v].model_copy(update={"device": f"CUDA{i}"}) for i, v in enumerate(visible)]
     note = f"VISIBLE_DEVICES={','.join(map(str, visible))}" + (f"; {inventory.note}" if inventory.note else "")
-    return Inventory(source=inventory.source, gpus=gpus, note=note)
+    return Inventory(source=inventory.source, gpus=gpus, note=note, visible=visible)
 
 
 # --- estimate -----------------------------------------------------------------------------------
@@ -240,11 +244,13 @@ def calibrate(config: Config, profile: str, note: str | None = None) -> calibrat
 
 
 def record_launch(model_path: str | Path, argv: list[str], report: "LoadReport", pid: int | None, *,
-                  profile: str | None, note: str | None = None) -> calibration.Measurement:
+                  profile: str | None, note: str | None = None,
+                  remote: "list[GpuSlot] | None" = None) -> calibration.Measurement:
     """Line up what a loaded llama-server logged (its buffers) and NVML (its process, per GPU) with
     the estimate for its argv, and store the measurement: later estimates of the same GPU model use
     the measured overhead, and an estimate of the same settings shows it. ``calibrate`` and every
-    load ``tune`` measures go through here."""
+    load ``tune`` measures go through here. ``remote``: the RPC workers' devices the argv's ``--rpc``
+    lends (a tune knows them), predicted first as llama.cpp orders them."""
     import datetime as dt
 
     from mcp_server.monitoring.gpu import gpu_stats
@@ -257,7 +263,10 @@ def record_launch(model_path: str | Path, argv: list[str], report: "LoadReport",
     overhead, _ = calibration.overhead_for(names[0] if names else None)
     settings = settings_from_argv(argv)
     capacity = [float(g.memory_total_mib or 0) for g in ordered]
-    predicted = core_estimate(info, settings, capacity, overhead)
+    remote = remote or []
+    predicted = core_estimate(info, settings, [g.free_mib for g in remote] + capacity, overhead,
+                              device_names=[g.device for g in remote] + [f"CUDA{i}" for i in range(len(ordered))],
+                              device_overheads=[g.overhead_mib for g in remote] + [None] * len(ordered))
     logged = {b.device: b.total_mib for b in report.devices}
     logged_compute = {b.device: b.compute_mib + b.output_mib for b in report.devices}
     measurement = calibration.compare(

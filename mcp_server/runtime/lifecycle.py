@@ -442,7 +442,24 @@ class Runtime:
                 if other.profile == profile_id:
                     raise AlreadyRunning(f"{profile_id} is already {other.status} on port {other.port} "
                                          f"(instance {other.id}); stop it first, or use switch")
+            if launch.workers:
+                self._refuse_busy_workers(launch.profile, [u.id for u in launch.workers], live, launch.workers)
             return self._launch_locked(launch, live, port=port, timeout_s=timeout_s)
+
+    def _refuse_busy_workers(self, profile: Profile, workers: "list[str]", live: list[InstanceRecord],
+                             started: "list[WorkerUse] | None" = None) -> None:
+        """A worker another instance uses refuses this start (checked early, then again under the
+        lock); the RPC servers this start's preparation brought up are stopped again."""
+        from mcp_server.workers.client import WorkerBusy
+        from mcp_server.workers.operations import refuse_busy, return_workers
+
+        try:
+            refuse_busy(profile.id, workers, live)
+        except WorkerBusy as exc:
+            if started:
+                return_workers(self.config, started, live)
+            raise StartRefused(Diagnosis(cause=exc.code, summary=str(exc), worker=exc.worker,
+                                         fix=f"stop {exc.user} first, or give {profile.id} other WORKERS")) from None
 
     def _prepare(self, profile_id: str, backend: str | None) -> _Launch:
         """What a launch needs that does not depend on what runs; found before taking the lock."""
@@ -474,6 +491,7 @@ class Runtime:
             raise StartRefused(Diagnosis(cause="invalid-argument", summary=f"{profile.id}: WORKERS needs the native "
                                          "backend (inside a container the workers' addresses are not reachable as "
                                          "written)", fix="set BACKEND=native for this profile"))
+        self._refuse_busy_workers(profile, [s.id for s in specs], [r for r in self.registry.all() if r.is_live])
         build = describe_engine(engine, "explicit").build_number
         try:
             return prepare_workers(self.config, specs, build)

@@ -45,7 +45,7 @@ class Diagnosis(BaseModel):
     cause: str = Field(description="oom | model-missing | model-unreadable | model-incomplete | unknown-architecture | "
                                    "invalid-argument | port-in-use | timeout | crashed | killed | exited | "
                                    "worker-unreachable | worker-lost | worker-version-mismatch | "
-                                   "worker-token-refused | worker | unknown")
+                                   "worker-token-refused | worker-busy | worker | unknown")
     worker: str | None = Field(default=None, description="the RPC worker the failure is about")
     summary: str
     fix: str

@@ -18,12 +18,15 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import httpx
 
 from mcp_server.profiles.config import Config
 from mcp_server.tune.search import CandidateFailed, Sample, Values
+
+if TYPE_CHECKING:
+    from mcp_server.placement.operations import GpuSlot
 
 DRAFT_ID = "tune-candidate"
 
@@ -41,9 +44,10 @@ class ServerSource:
 
     def __init__(self, config: Config, depth: int, gen_tokens: int = 64, reps: int = 2, load_timeout_s: float = 900,
                  log_dir: Path | None = None, cancelled: Callable[[], bool] = lambda: False,
-                 profile: str | None = None) -> None:
+                 profile: str | None = None, remote: "list[GpuSlot] | None" = None) -> None:
         self.config, self.depth, self.gen, self.reps = config, depth, gen_tokens, reps
         self.profile = profile
+        self.remote = remote or []  # the workers' devices, for the memory record
         self.load_timeout_s, self.cancelled = load_timeout_s, cancelled
         self.log_dir = log_dir
         self.engine: str | None = None
@@ -130,7 +134,7 @@ class ServerSource:
         try:
             model = self.config.model_path(_draft(self.config, values).profile(DRAFT_ID))
             measurement = record_launch(model, argv, parse_load_report(log.read_text(errors="replace")), pid,
-                                        profile=self.profile, note="tune candidate")
+                                        profile=self.profile, note="tune candidate", remote=self.remote)
         except Exception:  # noqa: BLE001 - memory is a by-product of a speed measurement
             return {}
         return {d.device: (d.nvml_mib if d.nvml_mib is not None else d.logged_mib) for d in measurement.devices

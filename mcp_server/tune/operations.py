@@ -70,9 +70,11 @@ def _key(config: Config, space: Space, depth: int, source: str) -> Any:
 
     engine = Path(engine_path())
     build = engine.parent.parent.name if engine.parent.name == "bin" else engine.name
+    # A worker's CPU device reports the RAM available now, which moves between runs: its size keys it.
+    budget = [g.total_mib if g.worker and g.overhead_mib is not None else g.free_mib for g in space.inventory.gpus]
     return TuneKey(model=Path(space.info.path).name, model_bytes=space.info.total_bytes, build=build,
                    gpus=[g.name or "unknown" for g in space.inventory.gpus],
-                   budget_mib=[int(f // 256 * 256) for f in space.inventory.free], ctx=space.profile.ctx_size or 0,
+                   budget_mib=[int(f // 256 * 256) for f in budget], ctx=space.profile.ctx_size or 0,
                    depth=depth, source=source)
 
 
@@ -103,30 +105,58 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
              reserve_mib: float = DEFAULT_RESERVE_MIB, source: Literal["server", "llama-bench"] = "server",
              rounds: int = 3, gen_tokens: int = 64, full_context_check: bool = True, explore: bool = False,
              say: Callable[[str], None] = lambda _: None, cancel: Any = None) -> TuneResult:
-    """Tune ``profile_id`` (see the package's docstring); ``cancel`` is a threading.Event."""
-    import psutil
+    """Tune ``profile_id`` (see the package's docstring); ``cancel`` is a threading.Event.
 
-    from mcp_server.engine.argv import launch_spec
-    from mcp_server.model_files.layout import read_layout, require_complete
-    from mcp_server.placement.operations import gpu_inventory, visible_to
-    from mcp_server.tune import store
-    from mcp_server.tune.measure import BenchSource, ServerSource
-    from mcp_server.tune.search import paired
+    A profile with WORKERS is tuned across them: their RPC servers are brought up for the whole
+    tune (build checked first) and their devices, asked once, join the GPUs the estimator prunes
+    against; afterwards the RPC servers this started are stopped unless a running profile uses them."""
+    from mcp_server.engine.argv import profile_workers
 
     started = time.monotonic()
     profile = config.profile(profile_id)
     if profile.is_bench:
         raise ValidationError("profile", profile_id, "is a bench profile; tune the production profile")
+    specs = profile_workers(profile, config)
+    args = dict(goal=goal, minutes=minutes, depth=depth, allow_kv_quant=allow_kv_quant, write=write, gpus=gpus,
+                reserve_mib=reserve_mib, source=source, rounds=rounds, gen_tokens=gen_tokens,
+                full_context_check=full_context_check, explore=explore, say=say, cancel=cancel)
+    if not specs:
+        return _tune(config, profile_id, started, [], **args)  # type: ignore[arg-type]
+    if source == "llama-bench":
+        raise ValidationError("source", source, f"{profile_id} runs across RPC workers "
+                              f"({', '.join(s.id for s in specs)}); tune it with source=server")
+    from mcp_server.workers.operations import lent_workers
+
+    with lent_workers(config, profile_id, specs):
+        say(f"workers up: {', '.join(s.id for s in specs)}")
+        return _tune(config, profile_id, started, [s.id for s in specs], **args)  # type: ignore[arg-type]
+
+
+def _tune(config: Config, profile_id: str, started: float, workers: list[str], *, goal: Goal, minutes: float,
+          depth: int, allow_kv_quant: bool, write: bool, gpus: str | None, reserve_mib: float,
+          source: Literal["server", "llama-bench"], rounds: int, gen_tokens: int, full_context_check: bool,
+          explore: bool, say: Callable[[str], None], cancel: Any) -> TuneResult:
+    import psutil
+
+    from mcp_server.engine.argv import launch_spec
+    from mcp_server.model_files.layout import read_layout, require_complete
+    from mcp_server.placement.operations import gpu_inventory, visible_to, with_workers
+    from mcp_server.tune import store
+    from mcp_server.tune.measure import BenchSource, ServerSource
+    from mcp_server.tune.search import paired
+
+    profile = config.profile(profile_id)
     spec = launch_spec(profile, config)
     info = read_layout(spec.model_path)
     require_complete(info, profile.model or spec.model_path)
-    inventory = visible_to(gpu_inventory(gpus), spec.visible_devices)
+    inventory = with_workers(visible_to(gpu_inventory(gpus), spec.visible_devices), config, workers)
     physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     space = Space(config=config, profile=profile, info=info, inventory=inventory, reserve_mib=reserve_mib,
                   allow_kv_quant=allow_kv_quant, threads=(physical, psutil.cpu_count() or physical),
                   host_available_mib=psutil.virtual_memory().available / 2**20)
     cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
-    server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled, profile=profile_id)
+    server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled, profile=profile_id,
+                          remote=[g for g in inventory.gpus if g.worker])
     bench = None
     if source == "llama-bench":
         from mcp_server.engine.binary import locate_engine
@@ -150,10 +180,12 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
     def remembered(values: Values) -> Sample:
         return store.stored(key, values) or fresh(values)
 
+    remote = sum(1 for g in inventory.gpus if g.worker)
     known = store.last_winner(key, goal)
     start = space.start(known[0] if known else None)
     noise_floor = max(NOISE_FLOOR, known[1]) if known else NOISE_FLOOR
-    say(f"tuning {profile_id} ({'MoE' if space.moe else 'dense'}, {len(inventory.gpus)} GPU(s), budget "
+    say(f"tuning {profile_id} ({'MoE' if space.moe else 'dense'}, {len(inventory.gpus) - remote} GPU(s)"
+        f"{f' + {remote} worker device(s)' if remote else ''}, budget "
         f"{minutes:g} min) from {'the stored winner' if known else 'the planner'}")
     if known and not explore:
         # The learning loop: this key was tuned before. Its winner is re-checked against --fit (the

@@ -34,6 +34,16 @@ class WorkerVersionMismatch(WorkerError):
     code = "worker-version-mismatch"
 
 
+class WorkerBusy(WorkerError):
+    """A ggml-rpc-server serves one client at a time: a second llama-server would wait on it forever."""
+
+    code = "worker-busy"
+
+    def __init__(self, worker: str, message: str, user: str) -> None:
+        super().__init__(worker, message)
+        self.user = user
+
+
 CALL_TIMEOUT_S = 30.0
 
 

@@ -5,18 +5,20 @@ start and stop do with them.
 names for its build (RPC needs the same llama.cpp build on both ends, so another build is refused
 before anything starts) and starts its RPC server. ``release_workers`` runs when the instance ends:
 it stops the RPC servers that start brought up and that no other running instance uses.
+``lent_workers`` does both around a tune, whose loads are not instances.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pydantic import BaseModel, Field
 
 from mcp_server.errors import ValidationError
 from mcp_server.profiles.config import Config
-from mcp_server.workers.client import WorkerError, WorkerVersionMismatch, call
+from mcp_server.workers.client import WorkerBusy, WorkerError, WorkerVersionMismatch, call
 from mcp_server.workers.spec import WorkerSpec, WorkerUse
 
 if TYPE_CHECKING:
@@ -203,11 +205,40 @@ def prepare_workers(config: Config, specs: list[WorkerSpec], local_build: int | 
     return uses
 
 
+def refuse_busy(profile: str, workers: list[str], live: "list[InstanceRecord]") -> None:
+    """A worker a running instance uses cannot take another llama-server: its ggml-rpc-server
+    serves one client at a time, and the second would hang at load waiting for the first."""
+    for worker in workers:
+        for record in live:
+            if any(u.id == worker for u in record.workers):
+                raise WorkerBusy(worker, f"its RPC server is serving {record.profile} (instance {record.id}) and "
+                                 f"serves one llama-server at a time: stop {record.profile} first, or give "
+                                 f"{profile} other WORKERS", user=record.profile)
+
+
+@contextmanager
+def lent_workers(config: Config, profile: str, specs: list[WorkerSpec]) -> Iterator[list[WorkerUse]]:
+    """The workers' RPC servers up for work that is not a running instance (a tune's loads), and
+    afterwards stopped again where this started them and no running profile uses them."""
+    from mcp_server.runtime.registry import Registry, live_records
+
+    refuse_busy(profile, [s.id for s in specs], live_records(Registry().all()))
+    uses = prepare_workers(config, specs, _local_build(config))
+    try:
+        yield uses
+    finally:
+        _stop_started(config, uses, set(_users(config)))
+
+
 def release_workers(config: Config, record: "InstanceRecord", live: "list[InstanceRecord]") -> list[str]:
     """After an instance ended: stop the RPC servers its start brought up that no other live
     instance uses. Returns what could not be stopped (a worker gone is not an error here)."""
-    busy = {u.id for r in live if r.id != record.id for u in r.workers}
-    return _stop_started(config, record.workers, busy)
+    return return_workers(config, record.workers, [r for r in live if r.id != record.id])
+
+
+def return_workers(config: Config, uses: list[WorkerUse], others: "list[InstanceRecord]") -> list[str]:
+    """Stop the RPC servers ``uses`` started that none of ``others`` uses."""
+    return _stop_started(config, uses, {u.id for r in others for u in r.workers})
 
 
 def _stop_started(config: Config, uses: list[WorkerUse], busy: set[str]) -> list[str]:

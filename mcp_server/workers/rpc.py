@@ -155,7 +155,8 @@ def _last_words(log_path: str) -> str | None:
 
 def start_rpc(settings: RpcSettings, binary: str) -> RpcStatus:
     """Start the RPC server with ``settings``; one already running with the same settings is kept
-    (a second profile using this worker shares it), one with other settings is refused."""
+    (started by hand, or by a start whose instance ended without stopping it), one with other
+    settings is refused. It serves one llama-server at a time: the main side refuses a second."""
     with _lock():
         state = _read_state()
         if state is not None and _alive(state):
