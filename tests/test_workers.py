@@ -418,7 +418,7 @@ def test_tune_across_a_worker_brings_its_rpc_server_up_for_the_tune_and_stops_it
 
 
 def test_a_worker_serving_one_profile_refuses_a_second_and_a_tune_naming_the_user(
-        agents, write_conf, demo_gguf: Path) -> None:  # type: ignore[no-untyped-def]
+        agents, write_conf, demo_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """ggml-rpc-server serves one client at a time: a second llama-server on the same worker would
     hang at load. It is refused before anything starts, and the first keeps running."""
     from mcp_server.runtime.lifecycle import Runtime, StartRefused
@@ -440,6 +440,14 @@ def test_a_worker_serving_one_profile_refuses_a_second_and_a_tune_naming_the_use
         assert diagnosis.cause == "worker-busy" and diagnosis.worker == "a" and "stop split" in diagnosis.fix
         with pytest.raises(WorkerBusy, match="serving split"):
             run_tune(config, "other", minutes=0.1, depth=16, rounds=1, full_context_check=False)
+        # From another machine (here: another home, so another registry), the worker's own count of
+        # connected clients refuses the start.
+        elsewhere = conf.parent / "elsewhere"
+        elsewhere.mkdir()
+        with monkeypatch.context() as env, pytest.raises(StartRefused) as remote:
+            env.setenv("LLAMA_PILOT_HOME", str(elsewhere))
+            Runtime(load_config(conf)).start_model("other")
+        assert remote.value.diagnosis.cause == "worker-busy" and "1 client connection" in remote.value.diagnosis.summary
         assert len(_rpc_servers([a])) == 1 and _greedy(split.url, 8) == expected  # the first one still serves
     finally:
         runtime.stop_model("split")

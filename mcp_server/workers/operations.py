@@ -157,10 +157,17 @@ def _check_build(spec: WorkerSpec, info: dict[str, Any], local_build: int | None
                                     "(`llama-pilot engine build`)")
 
 
-def _start(spec: WorkerSpec, local_build: int | None) -> tuple[dict[str, Any], bool]:
+def _start(spec: WorkerSpec, local_build: int | None, exclusive: bool = False) -> tuple[dict[str, Any], bool]:
     info = call(spec, "worker_info")
     _check_build(spec, info, local_build)
-    was_running = bool((info.get("rpc") or {}).get("running"))
+    rpc = info.get("rpc") or {}
+    was_running = bool(rpc.get("running"))
+    clients = int(rpc.get("clients") or 0)
+    if exclusive and was_running and clients:
+        # What the registry cannot see: a tune's llama-server, or another machine's, connected now.
+        raise WorkerBusy(spec.id, f"its RPC server has {clients} client connection(s) open (a llama-server this "
+                         "machine does not run as an instance: a tune's, or another machine's) and serves one at "
+                         "a time", user="the llama-server connected to it")
     arguments: dict[str, Any] = {"port": spec.rpc_port, "cache": spec.cache}
     if spec.threads:
         arguments["threads"] = spec.threads
@@ -195,7 +202,7 @@ def prepare_workers(config: Config, specs: list[WorkerSpec], local_build: int | 
     uses: list[WorkerUse] = []
     try:
         for spec in specs:
-            info, started = _start(spec, local_build)
+            info, started = _start(spec, local_build, exclusive=True)
             uses.append(WorkerUse(id=spec.id, endpoint=spec.endpoint, started=started,
                                   build_number=info.get("build_number"),
                                   devices=[d.device for d in devices_of(spec, info)]))
