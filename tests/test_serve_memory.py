@@ -53,6 +53,25 @@ def test_too_big_for_the_machine() -> None:
     assert not d.possible and d.short_mib == {"gpu0": 7000} and not d.blocked_by_pins
 
 
+def test_a_worker_takes_one_profile_and_its_resident_is_the_one_to_go() -> None:
+    """Two profiles on worker a never sit side by side, even with GPU room to spare; a profile on
+    worker b, or on none, is not moved for it."""
+    from mcp_server.serve.memory import describe_short, worker_room
+
+    residents = [Resident("on-a", fp("on-a", host=100, **{"worker:a": 1}), last_used=5),
+                 Resident("on-b", fp("on-b", **{"worker:b": 1}), last_used=0),
+                 Resident("local", fp("local", gpu0=500), last_used=0)]
+    room = {"gpu0": 10_000, **worker_room(["a", "b", "c"], residents)}
+    assert room["worker:a"] == 0 and room["worker:b"] == 0 and room["worker:c"] == 1
+    assert decide(fp("also-a", gpu0=100, **{"worker:a": 1}), residents, room).victims == ["on-a"]
+    assert decide(fp("on-c", **{"worker:c": 1}), residents, room).fits
+    pinned = [Resident("on-a", fp("on-a", **{"worker:a": 1}), pinned=True)]
+    d = decide(fp("also-a", **{"worker:a": 1}), pinned, worker_room(["a"], pinned))
+    assert not d.possible and d.blocked_by_pins == ["on-a"]
+    assert describe_short(d.short_mib) == "worker a"
+    assert describe_short({"gpu0": 812.4, "worker:b": 1}) == "gpu0 812 MiB, worker b"
+
+
 def test_budget_sizes() -> None:
     assert parse_budget("2GiB") == 2048
     with pytest.raises(ValidationError, match="SERVE_MEMORY_BUDGET"):

@@ -452,3 +452,32 @@ def test_a_worker_serving_one_profile_refuses_a_second_and_a_tune_naming_the_use
     finally:
         runtime.stop_model("split")
     assert _rpc_servers([a]) == []
+
+
+def test_serve_swaps_two_profiles_that_share_a_worker_and_answers_each_by_name(
+        agents, write_conf, demo_gguf: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One endpoint, two profiles on worker a: the worker takes one at a time, so serve unloads the
+    one resident there for the other (never both at once, which would hang the second at load)."""
+    from mcp_server.serve.memory import footprint
+
+    from .serve_helpers import Endpoint, stop_everything
+
+    a = agents("a")
+    conf = _project(write_conf, demo_gguf, [a.line(), f"SERVE_PORT={free_port()}"], "a")
+    with conf.open("a") as out:
+        out.write("\n[other]\nMODEL=demo.gguf\nCTX_SIZE=512\nPARALLEL=1\nN_GPU_LAYERS=all\nWORKERS=a\n")
+    mib = footprint(load_config(conf), "split", []).mib
+    assert mib["worker:a"] == 1 and not any(k.startswith("gpu") for k in mib)  # the worker's layers are not here
+    endpoint = Endpoint(conf, tmp_path / "serve.log").start()
+    try:
+        for name in ("split", "other", "split"):
+            answer = endpoint.complete(name, max_tokens=4)
+            assert answer.status_code == 200, (answer.text, endpoint.log())
+            assert answer.headers["x-llama-pilot-profile"] == name
+        loads = [s for s in endpoint.status()["swaps"] if s["action"] == "load"]
+        assert [(s["profile"], s["unloaded"]) for s in loads] == [("split", []), ("other", ["split"]),
+                                                                  ("split", ["other"])]
+    finally:
+        endpoint.stop()
+        stop_everything(conf)
+    assert _rpc_servers([a]) == []

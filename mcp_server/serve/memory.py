@@ -9,6 +9,11 @@ is read when serve decides (loads are one at a time, so nothing half-loaded skew
 * the host (checked when ``SERVE_MEMORY_BUDGET`` is set, or when there is no GPU): the budget
   minus what the residents are estimated to hold there.
 
+An RPC worker a profile uses (``WORKERS``) is a device of its own, ``worker:<id>``, with room for
+one: its ggml-rpc-server serves one llama-server at a time, so two profiles on one worker never sit
+side by side and the one resident there is unloaded like any other. What the profile holds on the
+worker's own memory was settled when it was planned; this machine's GPUs and host are counted as above.
+
 The choice is pure arithmetic over these numbers (``decide``), so it is tested without a GPU.
 """
 
@@ -23,7 +28,8 @@ from mcp_server.profiles.config import Config
 
 class Footprint(BaseModel):
     profile: str
-    mib: dict[str, float] = Field(description="device (gpu0, gpu1, host) -> MiB the profile occupies there")
+    mib: dict[str, float] = Field(description="device (gpu0, gpu1, host) -> MiB the profile occupies there; "
+                                  "worker:<id> -> 1 for each RPC worker it uses (a worker takes one profile)")
     source: str = Field(description="estimate | measured (the calibration store's latest launch of these settings)")
 
 
@@ -119,7 +125,7 @@ def gpu_free() -> dict[str, float]:
 
 def footprint(config: Config, profile_id: str, gpus: list[tuple[str | None, float]]) -> Footprint:
     """The profile's memory per device when it has the GPUs to itself (estimator + calibration)."""
-    from mcp_server.engine.argv import launch_spec
+    from mcp_server.engine.argv import launch_spec, profile_workers
     from mcp_server.placement.operations import GpuSlot, Inventory, estimate_fit
 
     inventory = Inventory(source="nvml" if gpus else "none",
@@ -130,13 +136,40 @@ def footprint(config: Config, profile_id: str, gpus: list[tuple[str | None, floa
     mib: dict[str, float] = {"host": round(result.estimate.host.total_mib, 1)}
     source = "estimate"
     measured = {m.device: m.nvml_mib for m in result.measured.devices} if result.measured else {}
-    for i, device in enumerate(result.estimate.devices):
+    for device in result.estimate.devices:
+        if not device.device.startswith("CUDA"):
+            continue  # a worker's RPC device: that machine's memory, not one of this machine's GPUs
+        i = int(device.device[len("CUDA"):])
         value = device.total_mib
         if measured.get(device.device):  # a real launch of these exact settings beats the model of one
             value, source = float(measured[device.device] or 0), "measured"
         if value > 0 and i < len(visible):
             mib[f"gpu{visible[i]}"] = round(value, 1)
+    for worker in profile_workers(config.profile(profile_id), config):
+        mib[worker_device(worker.id)] = 1.0
     return Footprint(profile=profile_id, mib=mib, source=source)
+
+
+WORKER_PREFIX = "worker:"
+
+
+def worker_device(worker: str) -> str:
+    return f"{WORKER_PREFIX}{worker}"
+
+
+def worker_room(workers: list[str], residents: list[Resident]) -> dict[str, float]:
+    """Each worker's room: one profile, less the resident that uses it."""
+    room = {}
+    for worker in workers:
+        key = worker_device(worker)
+        room[key] = 1.0 - sum(r.footprint.mib.get(key, 0.0) for r in residents)
+    return room
+
+
+def describe_short(short: dict[str, float]) -> str:
+    """'gpu0 812 MiB, worker box2' for a message."""
+    return ", ".join(f"worker {d[len(WORKER_PREFIX):]}" if d.startswith(WORKER_PREFIX) else f"{d} {mib:.0f} MiB"
+                     for d, mib in short.items())
 
 
 def parse_budget(text: str) -> float:

@@ -404,10 +404,15 @@ class Scheduler:
         if self.gpus:
             reserve = self.settings.reserve_mib if self.settings.reserve_mib is not None else DEFAULT_RESERVE_MIB
             room.update({d: free - reserve for d, free in memory.gpu_free().items()})
+        workers = list(self.config.host.workers)
+        if (self.budget_mib is not None or workers) and residents is None:
+            residents = self._residents()
         if self.budget_mib is not None:
-            held = sum(r.footprint.mib.get("host", 0.0) for r in (residents if residents is not None
-                                                                   else self._residents()))
-            room["host"] = self.budget_mib - held
+            assert residents is not None
+            room["host"] = self.budget_mib - sum(r.footprint.mib.get("host", 0.0) for r in residents)
+        if workers:
+            assert residents is not None
+            room.update(memory.worker_room(workers, residents))
         return room
 
     def _need(self, slot: Slot, quiet: bool = False) -> memory.Footprint | None:
@@ -437,10 +442,10 @@ class Scheduler:
 
     def _too_big(self, profile: str, need: memory.Footprint, decision: memory.Decision,
                  room: dict[str, float]) -> ServeHTTPError:
-        short = ", ".join(f"{d} {mib:.0f} MiB" for d, mib in decision.short_mib.items())
+        short = memory.describe_short(decision.short_mib)
         if decision.blocked_by_pins:
-            return ServeHTTPError(503, "insufficient_memory", f"{profile} needs {short} more than is free, and the "
-                                  f"rest is held by pinned profiles: {', '.join(decision.blocked_by_pins)}",
+            return ServeHTTPError(503, "insufficient_memory", f"{profile} lacks {short} beside what is loaded, and "
+                                  f"what holds it is pinned: {', '.join(decision.blocked_by_pins)}",
                                   fix="unpin one (serve_pin) or unload it (serve_unload)", need_mib=need.mib)
         return ServeHTTPError(507, "insufficient_memory", f"{profile} can never fit: even with every other model "
                               f"unloaded it lacks {short}", need_mib=need.mib,
