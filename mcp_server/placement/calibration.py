@@ -115,6 +115,10 @@ def overhead_for(gpu_name: str | None) -> tuple[float | None, str]:
                   "recurrent); `llama-pilot calibrate` measures this GPU")
 
 
+# Buffers on these are a device's own (a local GPU, a worker's RPC device); the rest is host memory.
+_DEVICES = ("CUDA", "RPC")
+
+
 def compare(key: CalibrationKey, predicted: Estimate, logged_by_device: dict[str, float],
             logged_compute: dict[str, float], nvml_by_device: dict[str, float], *, build: int | None,
             profile: str | None, at: str, note: str | None = None) -> Measurement:
@@ -128,11 +132,10 @@ def compare(key: CalibrationKey, predicted: Estimate, logged_by_device: dict[str
             logged_compute_mib=logged_compute.get(d.device), nvml_mib=nvml,
             unaccounted_mib=round(nvml - logged, 1) if nvml is not None and logged is not None else None,
             error_mib=round(d.total_mib - nvml, 1) if nvml is not None else None))
-    # A worker's RPC device is a device of its own, never host memory here.
-    host_logged = sum(v for k, v in logged_by_device.items() if not k.startswith(("CUDA", "RPC")))
+    host_logged = sum(v for k, v in logged_by_device.items() if not k.startswith(_DEVICES))
     devices.append(DeviceMeasurement(
         device="host", predicted_mib=predicted.host.total_mib, predicted_compute_mib=predicted.host.compute_mib,
         logged_mib=round(host_logged, 2), logged_compute_mib=round(sum(v for k, v in logged_compute.items()
-                                                                       if not k.startswith(("CUDA", "RPC"))), 2),
+                                                                       if not k.startswith(_DEVICES)), 2),
         error_mib=round(predicted.host.total_mib - host_logged, 1)))
     return Measurement(key=key, digest=key.digest, at=at, build=build, profile=profile, devices=devices, note=note)

@@ -405,13 +405,10 @@ class Scheduler:
             reserve = self.settings.reserve_mib if self.settings.reserve_mib is not None else DEFAULT_RESERVE_MIB
             room.update({d: free - reserve for d, free in memory.gpu_free().items()})
         workers = list(self.config.host.workers)
-        if (self.budget_mib is not None or workers) and residents is None:
-            residents = self._residents()
-        if self.budget_mib is not None:
-            assert residents is not None
-            room["host"] = self.budget_mib - sum(r.footprint.mib.get("host", 0.0) for r in residents)
-        if workers:
-            assert residents is not None
+        if self.budget_mib is not None or workers:
+            residents = residents if residents is not None else self._residents()
+            if self.budget_mib is not None:
+                room["host"] = self.budget_mib - sum(r.footprint.mib.get("host", 0.0) for r in residents)
             room.update(memory.worker_room(workers, residents))
         return room
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,6 +22,7 @@ from mcp_server.tune.space import TUNED, Space
 
 if TYPE_CHECKING:
     from mcp_server.jobs import Job
+    from mcp_server.workers.spec import WorkerSpec
 
 DEFAULT_RESERVE_MIB = 384.0
 # The least relative gain a change must show. Loads of the same settings on the H200 machine spread
@@ -110,18 +112,118 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
     A profile with WORKERS is tuned across them: their RPC servers are brought up for the whole
     tune (build checked first) and their devices, asked once, join the GPUs the estimator prunes
     against; afterwards the RPC servers this started are stopped unless a running profile uses them."""
-    from mcp_server.engine.argv import profile_workers
+    import psutil
+
+    from mcp_server.engine.argv import launch_spec, profile_workers
+    from mcp_server.model_files.layout import read_layout, require_complete
+    from mcp_server.placement.operations import gpu_inventory, visible_to, with_workers
+    from mcp_server.tune import store
+    from mcp_server.tune.measure import BenchSource, ServerSource
+    from mcp_server.tune.search import paired
 
     started = time.monotonic()
     profile = config.profile(profile_id)
     if profile.is_bench:
         raise ValidationError("profile", profile_id, "is a bench profile; tune the production profile")
     specs = profile_workers(profile, config)
-    args = dict(goal=goal, minutes=minutes, depth=depth, allow_kv_quant=allow_kv_quant, write=write, gpus=gpus,
-                reserve_mib=reserve_mib, source=source, rounds=rounds, gen_tokens=gen_tokens,
-                full_context_check=full_context_check, explore=explore, say=say, cancel=cancel)
+    with _lent(config, profile_id, specs, source, say):
+        spec = launch_spec(profile, config)
+        info = read_layout(spec.model_path)
+        require_complete(info, profile.model or spec.model_path)
+        inventory = with_workers(visible_to(gpu_inventory(gpus), spec.visible_devices), config, [w.id for w in specs])
+        physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+        space = Space(config=config, profile=profile, info=info, inventory=inventory, reserve_mib=reserve_mib,
+                      allow_kv_quant=allow_kv_quant, threads=(physical, psutil.cpu_count() or physical),
+                      host_available_mib=psutil.virtual_memory().available / 2**20)
+        cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
+        remote = [g for g in inventory.gpus if g.worker]
+        server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled, profile=profile_id,
+                              remote=remote)
+        bench = None
+        if source == "llama-bench":
+            from mcp_server.engine.binary import locate_engine
+
+            tool = locate_engine().tools.get("llama-bench")
+            if not tool:
+                raise ValidationError("source", source, "this engine build has no llama-bench; use source=server")
+            bench = BenchSource(config, tool, depth=depth, gen_tokens=gen_tokens)
+        key = _key(config, space, depth, source)
+        measured = 0
+
+        def fresh(values: Values) -> Sample:
+            nonlocal measured
+            if cancelled():
+                raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept for the next tune")
+            measured += 1
+            sample = bench.measure(values) if bench is not None and bench.can(values) else server.measure(values)
+            store.record(key, values, sample)
+            return sample
+
+        def remembered(values: Values) -> Sample:
+            return store.stored(key, values) or fresh(values)
+
+        known = store.last_winner(key, goal)
+        start = space.start(known[0] if known else None)
+        noise_floor = max(NOISE_FLOOR, known[1]) if known else NOISE_FLOOR
+        say(f"tuning {profile_id} ({'MoE' if space.moe else 'dense'}, {len(inventory.gpus) - len(remote)} GPU(s)"
+            f"{f' + {len(remote)} worker device(s)' if remote else ''}, budget "
+            f"{minutes:g} min) from {'the stored winner' if known else 'the planner'}")
+        if known and not explore:
+            # The learning loop: this key was tuned before. Its winner is re-checked against --fit (the
+            # paired rounds below), not searched again; explore=True continues the search from it.
+            best, why = space.repair(start, False)  # as it was measured: tightening it would be another candidate
+            if best is None:
+                raise ValidationError("profile", profile_id, f"the stored winner no longer fits: {why}; tune with "
+                                      "explore to search again")
+            outcome = Outcome(best=best, best_sample=remembered(best), noise=noise_floor, tried=[], stopped="known")
+        else:
+            try:
+                outcome = _search(space, start, goal, minutes, noise_floor, remembered, cancelled, say, started)
+            except CandidateFailed as exc:
+                if cancelled():  # the cancel's SIGTERM reached the server being measured too
+                    raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept") from None
+                raise TuneFailed(f"{profile_id}: the starting point could not be measured: {exc}") from None
+        if cancelled():
+            raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept for the next tune")
+        search_seconds = time.monotonic() - started
+        baseline = space.baseline()
+        say(f"search done: {canonical(_tuned(outcome.best, space))}; now {rounds} paired rounds against --fit")
+        try:
+            pair = paired(outcome.best, baseline, fresh, rounds, outcome.noise, goal, cancelled, say)
+        except CandidateFailed as exc:
+            if cancelled():
+                raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept") from None
+            raise TuneFailed(f"{profile_id}: the paired comparison could not be measured: {exc}") from None
+        full = None
+        slots = int(profile.get("PARALLEL") or 1)
+        if full_context_check and profile.ctx_size:
+            # The whole context in one prompt: the one request that finds a compute buffer the
+            # estimate got wrong. The answer is read; only its success matters here.
+            try:
+                # one request fills one slot: the context is split between the slots
+                server.measure(outcome.best, depth=max(16, profile.ctx_size // max(1, slots) - gen_tokens - 8))
+                full = "ok"
+            except Exception as exc:  # reported, not raised: the measurements stand
+                full = f"failed: {exc}"
+        store.record_winner(key, goal, outcome.best, outcome.noise)
+        result = TuneResult(profile=profile_id, goal=goal, source=source, depth=depth,
+                            started_from="stored winner" if known else "planner", winner=_tuned(outcome.best, space),
+                            runner_up=_tuned(outcome.runner_up, space) if outcome.runner_up else None,
+                            baseline=_tuned(baseline, space), search=outcome, paired=pair, full_context=full,
+                            memory_mib=_winner_memory(pair, outcome), estimator_calls=space.estimates, measured=measured,
+                            seconds=round(time.monotonic() - started, 1), search_seconds=round(search_seconds, 1))
+        if write:
+            result.edit = write_winner(config, profile_id, result, space)
+        return result
+
+
+@contextmanager
+def _lent(config: Config, profile_id: str, specs: "list[WorkerSpec]", source: str,
+          say: Callable[[str], None]) -> Iterator[None]:
+    """The profile's workers up for the whole tune (nothing to do without WORKERS)."""
     if not specs:
-        return _tune(config, profile_id, started, [], **args)  # type: ignore[arg-type]
+        yield
+        return
     if source == "llama-bench":
         raise ValidationError("source", source, f"{profile_id} runs across RPC workers "
                               f"({', '.join(s.id for s in specs)}); tune it with source=server")
@@ -129,111 +231,7 @@ def run_tune(config: Config, profile_id: str, goal: Goal = "generation", minutes
 
     with lent_workers(config, profile_id, specs):
         say(f"workers up: {', '.join(s.id for s in specs)}")
-        return _tune(config, profile_id, started, [s.id for s in specs], **args)  # type: ignore[arg-type]
-
-
-def _tune(config: Config, profile_id: str, started: float, workers: list[str], *, goal: Goal, minutes: float,
-          depth: int, allow_kv_quant: bool, write: bool, gpus: str | None, reserve_mib: float,
-          source: Literal["server", "llama-bench"], rounds: int, gen_tokens: int, full_context_check: bool,
-          explore: bool, say: Callable[[str], None], cancel: Any) -> TuneResult:
-    import psutil
-
-    from mcp_server.engine.argv import launch_spec
-    from mcp_server.model_files.layout import read_layout, require_complete
-    from mcp_server.placement.operations import gpu_inventory, visible_to, with_workers
-    from mcp_server.tune import store
-    from mcp_server.tune.measure import BenchSource, ServerSource
-    from mcp_server.tune.search import paired
-
-    profile = config.profile(profile_id)
-    spec = launch_spec(profile, config)
-    info = read_layout(spec.model_path)
-    require_complete(info, profile.model or spec.model_path)
-    inventory = with_workers(visible_to(gpu_inventory(gpus), spec.visible_devices), config, workers)
-    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    space = Space(config=config, profile=profile, info=info, inventory=inventory, reserve_mib=reserve_mib,
-                  allow_kv_quant=allow_kv_quant, threads=(physical, psutil.cpu_count() or physical),
-                  host_available_mib=psutil.virtual_memory().available / 2**20)
-    cancelled = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
-    server = ServerSource(config, depth=depth, gen_tokens=gen_tokens, cancelled=cancelled, profile=profile_id,
-                          remote=[g for g in inventory.gpus if g.worker])
-    bench = None
-    if source == "llama-bench":
-        from mcp_server.engine.binary import locate_engine
-
-        tool = locate_engine().tools.get("llama-bench")
-        if not tool:
-            raise ValidationError("source", source, "this engine build has no llama-bench; use source=server")
-        bench = BenchSource(config, tool, depth=depth, gen_tokens=gen_tokens)
-    key = _key(config, space, depth, source)
-    measured = 0
-
-    def fresh(values: Values) -> Sample:
-        nonlocal measured
-        if cancelled():
-            raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept for the next tune")
-        measured += 1
-        sample = bench.measure(values) if bench is not None and bench.can(values) else server.measure(values)
-        store.record(key, values, sample)
-        return sample
-
-    def remembered(values: Values) -> Sample:
-        return store.stored(key, values) or fresh(values)
-
-    remote = sum(1 for g in inventory.gpus if g.worker)
-    known = store.last_winner(key, goal)
-    start = space.start(known[0] if known else None)
-    noise_floor = max(NOISE_FLOOR, known[1]) if known else NOISE_FLOOR
-    say(f"tuning {profile_id} ({'MoE' if space.moe else 'dense'}, {len(inventory.gpus) - remote} GPU(s)"
-        f"{f' + {remote} worker device(s)' if remote else ''}, budget "
-        f"{minutes:g} min) from {'the stored winner' if known else 'the planner'}")
-    if known and not explore:
-        # The learning loop: this key was tuned before. Its winner is re-checked against --fit (the
-        # paired rounds below), not searched again; explore=True continues the search from it.
-        best, why = space.repair(start, False)  # as it was measured: tightening it would be another candidate
-        if best is None:
-            raise ValidationError("profile", profile_id, f"the stored winner no longer fits: {why}; tune with "
-                                  "explore to search again")
-        outcome = Outcome(best=best, best_sample=remembered(best), noise=noise_floor, tried=[], stopped="known")
-    else:
-        try:
-            outcome = _search(space, start, goal, minutes, noise_floor, remembered, cancelled, say, started)
-        except CandidateFailed as exc:
-            if cancelled():  # the cancel's SIGTERM reached the server being measured too
-                raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept") from None
-            raise TuneFailed(f"{profile_id}: the starting point could not be measured: {exc}") from None
-    if cancelled():
-        raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept for the next tune")
-    search_seconds = time.monotonic() - started
-    baseline = space.baseline()
-    say(f"search done: {canonical(_tuned(outcome.best, space))}; now {rounds} paired rounds against --fit")
-    try:
-        pair = paired(outcome.best, baseline, fresh, rounds, outcome.noise, goal, cancelled, say)
-    except CandidateFailed as exc:
-        if cancelled():
-            raise TuneCancelled(f"tune of {profile_id} cancelled; what was measured is kept") from None
-        raise TuneFailed(f"{profile_id}: the paired comparison could not be measured: {exc}") from None
-    full = None
-    slots = int(profile.get("PARALLEL") or 1)
-    if full_context_check and profile.ctx_size:
-        # The whole context in one prompt: the one request that finds a compute buffer the
-        # estimate got wrong. The answer is read; only its success matters here.
-        try:
-            # one request fills one slot: the context is split between the slots
-            server.measure(outcome.best, depth=max(16, profile.ctx_size // max(1, slots) - gen_tokens - 8))
-            full = "ok"
-        except Exception as exc:  # reported, not raised: the measurements stand
-            full = f"failed: {exc}"
-    store.record_winner(key, goal, outcome.best, outcome.noise)
-    result = TuneResult(profile=profile_id, goal=goal, source=source, depth=depth,
-                        started_from="stored winner" if known else "planner", winner=_tuned(outcome.best, space),
-                        runner_up=_tuned(outcome.runner_up, space) if outcome.runner_up else None,
-                        baseline=_tuned(baseline, space), search=outcome, paired=pair, full_context=full,
-                        memory_mib=_winner_memory(pair, outcome), estimator_calls=space.estimates, measured=measured,
-                        seconds=round(time.monotonic() - started, 1), search_seconds=round(search_seconds, 1))
-    if write:
-        result.edit = write_winner(config, profile_id, result, space)
-    return result
+        yield
 
 
 def _winner_memory(pair: Paired | None, outcome: Outcome) -> dict[str, float] | None:

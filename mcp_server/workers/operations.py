@@ -234,7 +234,7 @@ def lent_workers(config: Config, profile: str, specs: list[WorkerSpec]) -> Itera
     try:
         yield uses
     finally:
-        _stop_started(config, uses, set(_users(config)))
+        return_workers(config, uses, live_records(Registry().all()))
 
 
 def release_workers(config: Config, record: "InstanceRecord", live: "list[InstanceRecord]") -> list[str]:
